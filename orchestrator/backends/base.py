@@ -1,0 +1,111 @@
+"""The ExpertBackend contract: load an expert, generate a batch in order, release it.
+
+One failed item sets `result.error`; it never sinks the batch. Capabilities are class
+attributes so the executor can read them without loading anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import BackendError, ConfigError
+from ..types import ExpertSpec, GenerationRequest, GenerationResult
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """Run-wide settings a backend may need."""
+
+    threads: int | None = None
+    seed: int = 0
+    base_dir: Path | None = None
+
+    def torch_threads(self) -> int:
+        free = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(self.threads or free or 1, free or 1))
+
+
+@runtime_checkable
+class ExpertBackend(Protocol):
+    name: ClassVar[str]
+    needs_gpu: ClassVar[bool]
+    supports_lora: ClassVar[bool]
+    resident_limit: ClassVar[int | None]
+
+    def check(self, expert: ExpertSpec) -> str: ...
+
+    def load(self, expert: ExpertSpec) -> None: ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def release(self, expert_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BackendOptions(BaseModel):
+    """Base of each backend's `options:` schema; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseBackend:
+    """Shared plumbing: options parsing and the table of loaded experts."""
+
+    name: ClassVar[str] = "base"
+    needs_gpu: ClassVar[bool] = False
+    supports_lora: ClassVar[bool] = False
+    resident_limit: ClassVar[int | None] = None
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+
+    def __init__(self, context: BackendContext | None = None):
+        self.context = context or BackendContext()
+        self._loaded: dict[str, Any] = {}
+
+    def options(self, expert: ExpertSpec) -> Any:
+        try:
+            return self.Options.model_validate(dict(expert.options))
+        except ValidationError as err:
+            details = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: "
+                + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in err.errors()[:5]
+            )
+            allowed = ", ".join(self.Options.model_fields) or "(none)"
+            raise ConfigError(
+                f"Expert '{expert.id}' (backend {self.name}) has invalid options: {details}. "
+                f"Allowed options: {allowed}."
+            ) from None
+
+    def check(self, expert: ExpertSpec) -> str:
+        """Validate an expert's settings without loading it; returns what it resolves to."""
+        self.options(expert)
+        return expert.model or "-"
+
+    def is_loaded(self, expert_id: str) -> bool:
+        return expert_id in self._loaded
+
+    def loaded(self, expert_id: str) -> Any:
+        try:
+            return self._loaded[expert_id]
+        except KeyError:
+            raise BackendError(
+                f"Expert '{expert_id}' is not loaded in backend {self.name}; call load() first."
+            ) from None
+
+    def release(self, expert_id: str) -> None:
+        self._loaded.pop(expert_id, None)
+
+    def close(self) -> None:
+        for expert_id in list(self._loaded):
+            self.release(expert_id)
+
+
+def failed(request: GenerationRequest, message: str) -> GenerationResult:
+    return GenerationResult(request=request, error=message)

@@ -1,0 +1,160 @@
+"""Reading a final answer out of a model's free text, and scoring it against gold.
+
+Multiple choice: letters A-J from "The answer is (C)", "Answer: C", "\\boxed{C}", or a reply that
+is just the letter. Numbers and expressions: "\\boxed{}", "#### 18", "The answer is 18", with
+commas, currency, percent and trailing ".0" normalised; then the last number as a fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from ..types import AnswerType
+
+_L = r"[A-J]"
+# After a bare letter: end, punctuation, or a line break. "I" and "A" are also English words,
+# so for them a following word is not accepted ("Answer: I think..." is not option I).
+_BARE_END = r"(?=\s*(?:$|[.,;:!)\]\n*]))"
+_CHOICE_PATTERNS = [
+    re.compile(rf"answer\s+is\s*:?\s*\**\s*\(({_L})\)", re.I),
+    re.compile(rf"answer\s+is\s*:?\s*\**\s*({_L}){_BARE_END}", re.I),
+    re.compile(rf"answer\s+is\s*:?\s*\**\s*([B-HJ])\b(?!['’])", re.I),
+    re.compile(rf"\banswer\s*(?:\([^)]*\))?\s*[:=]\s*\**\s*\(?({_L})\)?{_BARE_END}", re.I),
+    re.compile(rf"\banswer\s*[:=]\s*\**\s*\(?([B-HJ])\)?\b(?!['’])", re.I),
+    re.compile(rf"\\boxed\{{\s*\(?({_L})\)?\s*\}}"),
+    re.compile(rf"\boption\s+\(?({_L})\)?{_BARE_END}"),
+]
+_CHOICE_WHOLE = re.compile(rf"^\s*\**\(?({_L})\)?\**\s*[.:)]?\s*$")
+_CHOICE_LEAD = re.compile(rf"^\s*\**\(({_L})\)|^\s*\**({_L})[.:)]\s")
+
+_NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?"
+_NUM_AFTER = [
+    re.compile(rf"####\s*({_NUM})"),
+    re.compile(rf"answer\s+is\s*:?\s*\**\s*({_NUM})", re.I),
+    re.compile(rf"\banswer\s*[:=]\s*\**\s*({_NUM})", re.I),
+]
+_ANY_NUM = re.compile(_NUM)
+
+
+def _letters_allowed(n_options: int | None) -> str:
+    n = n_options if n_options and 0 < n_options <= 10 else 10
+    return "ABCDEFGHIJ"[:n]
+
+
+def extract_choice(text: str, n_options: int | None = None, options=()) -> str | None:
+    allowed = _letters_allowed(n_options or len(options) or None)
+    for pattern in _CHOICE_PATTERNS:
+        # re.I is for the word "answer"; the letter itself must be written in upper case.
+        hits = [m.group(1) for m in pattern.finditer(text)]
+        hits = [h for h in hits if h.isupper() and h in allowed]
+        if hits:
+            return hits[-1]
+    for pattern in (_CHOICE_WHOLE, _CHOICE_LEAD):
+        m = pattern.search(text)
+        if m:
+            letter = next(g for g in m.groups() if g)
+            if letter in allowed:
+                return letter
+    if options:
+        norm = _norm_text(text)
+        for i, option in enumerate(options):
+            if norm and norm == _norm_text(option):
+                return "ABCDEFGHIJ"[i]
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Contents of the last \\boxed{...}, with nested braces."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        start = text.rfind("\\fbox{")
+        if start < 0:
+            return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i : j - 1].strip() if depth == 0 else None
+
+
+def normalize_number(raw: str) -> str | None:
+    """'$1,234.00' -> '1234'; '3/4' -> '3/4'; '50%' -> '50'; returns None if not a number."""
+    s = raw.strip().rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
+    s = s.replace("\\%", "").rstrip("%").replace("\\$", "")
+    frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(-?\d+)\}", s)
+    if frac:
+        s = f"{frac.group(1)}/{frac.group(2)}"
+    try:
+        value = Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value.denominator == 1:
+        return str(value.numerator)
+    if "/" in s:
+        return f"{value.numerator}/{value.denominator}"
+    return format(float(value), "g") if len(s) > 15 else s.rstrip("0").rstrip(".")
+
+
+def extract_number(text: str) -> str | None:
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        norm = normalize_number(boxed)
+        return norm if norm is not None else boxed.strip()
+    for pattern in _NUM_AFTER:
+        hits = pattern.findall(text)
+        if hits:
+            norm = normalize_number(hits[-1])
+            if norm is not None:
+                return norm
+    hits = _ANY_NUM.findall(text)
+    for raw in reversed(hits):
+        norm = normalize_number(raw)
+        if norm is not None:
+            return norm
+    return None
+
+
+def _norm_text(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
+
+
+def extract_answer(text: str, answer_type: AnswerType, options=()) -> str | None:
+    if not text:
+        return None
+    if answer_type == "choice":
+        return extract_choice(text, options=options)
+    if answer_type == "numeric":
+        return extract_number(text)
+    m = re.search(r"answer\s+is\s*:?\s*(.+?)\s*(?:\.\s*)?$", text, re.I | re.M)
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return m.group(1).strip() if m else text.strip().splitlines()[-1].strip()
+
+
+def _as_fraction(value: str) -> Fraction | None:
+    norm = normalize_number(value)
+    if norm is None:
+        return None
+    try:
+        return Fraction(norm)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def is_correct(answer: str | None, gold: str | None, answer_type: AnswerType) -> bool | None:
+    """None when there is no gold to score against; False when no answer was extracted."""
+    if gold is None:
+        return None
+    if answer is None:
+        return False
+    if answer_type == "choice":
+        return answer.strip().upper() == gold.strip().upper()
+    if answer_type == "numeric":
+        a, g = _as_fraction(answer), _as_fraction(gold)
+        if a is not None and g is not None:
+            return abs(a - g) <= Fraction(1, 10**6) * max(1, abs(g))
+        return answer.strip() == gold.strip()
+    return _norm_text(answer) == _norm_text(gold)

@@ -1,0 +1,39 @@
+"""Tables printed at the end of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+
+def expert_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"pool {summary['pool']}: per expert", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("expert", "calls", "loads", "tok in", "tok out", "load s", "gen s", "errors",
+                "acc"):
+        table.add_column(col, justify="left" if col == "expert" else "right", no_wrap=True)
+    for name, row in summary["experts"].items():
+        acc = row.get("accuracy")
+        table.add_row(
+            name, str(row["calls"]), str(row["loads"]), str(row["tokens_in"]),
+            str(row["tokens_out"]), f"{row['load_s']:.2f}", f"{row['generate_s']:.2f}",
+            str(row["errors"]), "-" if acc is None else f"{100 * acc:.1f}%",
+        )
+    return table
+
+
+def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
+    acc = summary["accuracy"]
+    acc_text = "n/a (no gold answers)" if acc is None else (
+        f"{100 * acc:.2f}% ({summary['correct']}/{summary['n_scored']})"
+    )
+    return [
+        f"accuracy   {acc_text}   [router {summary['router']}, k={summary['k']}, "
+        f"aggregator {summary['aggregator']}, executor {summary['executor']}]",
+        f"loads      {summary['loads_total']}   errors {summary['errors']}   "
+        f"wall {summary['wall_s']:.1f}s   orchestration overhead "
+        f"{100 * summary['overhead_share']:.1f}%",
+        f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",
+    ]

@@ -1,0 +1,64 @@
+"""`orchestrate run`: a benchmark file through the pool; writes results.jsonl + summary.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import err, handle_errors, out, split_ids
+
+
+@handle_errors
+def run(
+    bench: Annotated[Path, typer.Argument(help="Benchmark file (Symbolic-MoE JSON, GSM8K or generic JSONL).")],
+    pool: Annotated[Path, typer.Option(help="Pool manifest (pools/*.yaml).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder [default: runs/NAME-TIME].")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
+    router: Annotated[Optional[str], typer.Option(help="Router name (fixed, random).")] = None,
+    experts: Annotated[Optional[str], typer.Option(help="Comma-separated expert ids for the router.")] = None,
+    aggregator: Annotated[Optional[str], typer.Option(help="Aggregator name (vote, first).")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="grouped or naive.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Prompts per generate call.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per answer (overrides the pool).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for routing and sampling.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch backends.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+) -> None:
+    """Route every question of BENCH to experts of POOL, generate grouped by expert, aggregate,
+    score, and write results.jsonl and summary.json to --out."""
+    from ..benchmarks.readers import read_benchmark
+    from ..core import Orchestrator
+    from ..errors import BackendError
+    from ..outputs import write_run
+    from .render import expert_table, summary_lines
+
+    queries = read_benchmark(bench, fmt, limit)  # a bad file fails before any model loads
+    if out_dir is None:
+        out_dir = Path("runs") / f"{bench.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = dict(k=k, router=router, experts=split_ids(experts), aggregator=aggregator,
+                     executor=executor, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
+                     threads=threads)
+    with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
+                                 **overrides) as orch:
+        orch.check()  # every model resolves before the first one loads
+        err.print(f"{len(queries)} questions x k={orch.k} on pool '{orch.pool.name}' "
+                  f"({orch.config.executor} executor, batch {orch.config.batch_size})",
+                  markup=False)
+        result = orch.evaluate(queries)
+    outputs = [o for a in result.answers for o in a.outputs]
+    if outputs and all(o.error for o in outputs):
+        raise BackendError(
+            f"all {len(outputs)} generations failed, so no results were written; the first "
+            f"error: {outputs[0].error}"
+        )
+    summary = write_run(out_dir, result, {"benchmark": str(bench), "dry_run": dry_run})
+    out.print(expert_table(summary))
+    for line in summary_lines(summary, str(out_dir)):
+        out.print(line, markup=False)

@@ -1,0 +1,162 @@
+"""Pydantic models of the YAML files: pool manifests (`pools/`) and run presets (`configs/`).
+
+Unknown keys are rejected everywhere so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .errors import ConfigError
+from .types import ExpertSpec
+
+ExpertId = str
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpertConfig(StrictModel):
+    """One pool member."""
+
+    id: ExpertId = Field(pattern=_ID_PATTERN)
+    backend: str
+    model: str = ""
+    adapter: str | None = None
+    system_prompt: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=131072)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def to_spec(self) -> ExpertSpec:
+        return ExpertSpec(**self.model_dump())
+
+
+class PoolConfig(StrictModel):
+    """A pool manifest: which experts, which backend, which weights."""
+
+    name: str
+    description: str | None = None
+    resident_limit: int = Field(default=1, ge=1)
+    experts: list[ExpertConfig] = Field(min_length=1)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PoolConfig:
+        seen: set[str] = set()
+        for expert in self.experts:
+            if expert.id in seen:
+                raise ValueError(f"expert id '{expert.id}' appears twice; ids must be unique")
+            seen.add(expert.id)
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative model paths in the manifest are resolved against."""
+        return self._base_dir
+
+    @property
+    def expert_ids(self) -> list[str]:
+        return [e.id for e in self.experts]
+
+    def specs(self) -> dict[str, ExpertSpec]:
+        return {e.id: e.to_spec() for e in self.experts}
+
+
+class GenerationDefaults(StrictModel):
+    """Decoding for experts whose manifest entry does not set its own."""
+
+    max_tokens: int = Field(default=256, ge=1, le=131072)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class RunConfig(StrictModel):
+    """A run preset (`configs/*.yaml`); CLI flags override single fields."""
+
+    router: str = "fixed"
+    experts: list[ExpertId] | None = None
+    k: int | None = Field(default=None, ge=1)
+    aggregator: str = "vote"
+    executor: Literal["grouped", "naive"] = "grouped"
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1, le=512)
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=131072, description="caps every expert's max_tokens when set"
+    )
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """A copy with the non-None overrides applied, validated again."""
+        data = self.model_dump()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "experts" in given and "k" not in given:
+            data["k"] = None  # naming experts without --k means k = how many were named
+        data.update(given)
+        return validate_model(RunConfig, data, "command-line options")
+
+    def effective_k(self) -> int:
+        if self.k is not None:
+            return self.k
+        return len(self.experts) if self.experts else 1
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors()[:8]:
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are rejected)"
+        lines.append(f"  {loc}: {msg}")
+    more = len(err.errors()) - 8
+    if more > 0:
+        lines.append(f"  ... and {more} more")
+    return f"Invalid {source}:\n" + "\n".join(lines)
+
+
+def validate_model(model: type[StrictModel], data: Any, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file '{path}' does not exist. Pass the path of a YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} file '{path}' is not valid YAML{where}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} file '{path}' must hold a mapping at the top level.")
+    return data
+
+
+def load_pool(path: str | Path) -> PoolConfig:
+    """Read and validate a pool manifest; relative model paths resolve against its folder."""
+    path = Path(path)
+    pool = validate_model(PoolConfig, read_yaml(path, "Pool"), f"pool manifest '{path}'")
+    pool._base_dir = path.resolve().parent
+    return pool
+
+
+def load_config(path: str | Path | None = None) -> RunConfig:
+    """Read a run preset; with no path, the defaults."""
+    if path is None:
+        return RunConfig()
+    return validate_model(RunConfig, read_yaml(path, "Config"), f"run config '{path}'")

@@ -1,0 +1,205 @@
+"""The Orchestrator: annotate -> route -> execute (grouped by expert) -> aggregate -> score."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends.base import BackendContext
+from .benchmarks.extract import extract_answer, is_correct
+from .benchmarks.prompts import messages_for
+from .benchmarks.readers import infer_answer_type
+from .config import PoolConfig, RunConfig, load_config, load_pool
+from .errors import ConfigError, UnknownNameError
+from .registry import AGGREGATORS, BACKENDS, ROUTERS
+from .types import (
+    Answer, ExpertOutput, ExpertSpec, GenerationRequest, Query, Sampling, Selection, Usage,
+)
+from .workers import EXECUTORS, BackendSet, ExecutionStats, Residency
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced: answers in input order and the execution counters."""
+
+    answers: list[Answer]
+    stats: ExecutionStats
+    config: RunConfig
+    pool: PoolConfig
+    k: int
+    wall_s: float
+
+    @property
+    def scored(self) -> list[Answer]:
+        return [a for a in self.answers if a.correct is not None]
+
+    @property
+    def accuracy(self) -> float | None:
+        scored = self.scored
+        return sum(a.correct for a in scored) / len(scored) if scored else None
+
+    @property
+    def overhead_s(self) -> float:
+        """Wall time not spent inside the backends' load/generate/release."""
+        return max(0.0, self.wall_s - self.stats.backend_s)
+
+
+def as_query(item: Query | str | Mapping[str, Any], index: int) -> Query:
+    if isinstance(item, Query):
+        return item
+    if isinstance(item, str):
+        return Query(id=f"q{index}", question=item, answer_type=infer_answer_type(item, None, ()))
+    if isinstance(item, Mapping) and isinstance(item.get("question"), str):
+        options = tuple(item.get("options") or ())
+        gold = item.get("gold")
+        gold = None if gold is None else str(gold)
+        return Query(
+            id=str(item.get("id", f"q{index}")), question=item["question"], gold=gold,
+            options=options, domain=item.get("domain"),
+            answer_type=item.get("answer_type") or infer_answer_type(item["question"], gold, options),
+        )
+    raise ConfigError(
+        f"Question {index} is a {type(item).__name__}; pass a string, a Query, or a mapping "
+        "with a 'question' string."
+    )
+
+
+class Orchestrator:
+    """The SDK entry point. Use as a context manager so that loaded models are released.
+
+    >>> with Orchestrator.from_files(pool="pools/cpu-demo.yaml") as orch:  # doctest: +SKIP
+    ...     answers = orch.run(["What is 2 + 3?"])
+    """
+
+    def __init__(
+        self,
+        pool: PoolConfig,
+        config: RunConfig | None = None,
+        *,
+        backends: Mapping[str, object] | None = None,
+        progress: bool = False,
+        dry_run: bool = False,
+    ):
+        self.pool = pool
+        self.config = config or RunConfig()
+        specs = pool.specs()
+        if dry_run:  # every expert answers from the fake backend: no model is loaded
+            specs = {k: ExpertSpec(id=s.id, backend="fake", model=s.model,
+                                   system_prompt=s.system_prompt, max_tokens=s.max_tokens,
+                                   temperature=s.temperature, top_p=s.top_p)
+                     for k, s in specs.items()}
+        for spec in specs.values():
+            if spec.backend not in BACKENDS and spec.backend not in (backends or {}):
+                raise UnknownNameError(
+                    "backend", spec.backend, BACKENDS.names(),
+                    f" (expert '{spec.id}' in pool '{pool.name}')",
+                )
+        self.specs: dict[str, ExpertSpec] = specs
+        context = BackendContext(self.config.threads, self.config.seed, pool.base_dir)
+        self.backends = BackendSet(context, dict(backends or {}))
+        self.residency = Residency(specs, self.backends, pool.resident_limit)
+        self.router = ROUTERS.get(self.config.router)(pool, self.config)
+        self.aggregator = AGGREGATORS.get(self.config.aggregator)(pool, self.config)
+        self.executor = EXECUTORS[self.config.executor](
+            self.residency, self.config.batch_size, progress
+        )
+        self.k = self.config.effective_k()
+        self.totals = ExecutionStats()
+
+    @classmethod
+    def from_files(
+        cls,
+        pool: str | Path,
+        config: str | Path | None = None,
+        *,
+        progress: bool = False,
+        dry_run: bool = False,
+        **overrides: Any,
+    ) -> Orchestrator:
+        """Build from a pool manifest and an optional run preset; keyword overrides
+        (k=, router=, experts=, aggregator=, executor=, batch_size=, max_tokens=, seed=...)
+        replace single fields of the preset."""
+        run_config = load_config(config).with_overrides(**overrides)
+        return cls(load_pool(pool), run_config, progress=progress, dry_run=dry_run)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def check(self) -> list[tuple[ExpertSpec, str]]:
+        """Validate every expert's options and resolve its model, loading nothing."""
+        return [(s, self.backends.for_expert(s).check(s)) for s in self.specs.values()]
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def sampling_for(self, spec: ExpertSpec) -> Sampling:
+        gen = self.config.generation
+        return Sampling(
+            max_tokens=self.config.max_tokens or spec.max_tokens or gen.max_tokens,
+            temperature=gen.temperature if spec.temperature is None else spec.temperature,
+            top_p=gen.top_p if spec.top_p is None else spec.top_p,
+            seed=self.config.seed,
+        )
+
+    def requests_for(
+        self, queries: Sequence[Query], selections: Sequence[Selection]
+    ) -> list[GenerationRequest]:
+        requests = []
+        for query, selection in zip(queries, selections):
+            for expert_id in selection.experts:
+                spec = self.specs[expert_id]
+                requests.append(GenerationRequest(
+                    expert=expert_id, messages=messages_for(query, spec.system_prompt),
+                    sampling=self.sampling_for(spec), query_id=query.id, index=len(requests),
+                ))
+        return requests
+
+    def evaluate(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> RunResult:
+        """Run the whole pipeline on a batch and keep the counters (what `orchestrate run`
+        writes out)."""
+        start = time.perf_counter()
+        queries = [as_query(q, i) for i, q in enumerate(questions)]
+        if not queries:
+            raise ConfigError("No questions were given; pass at least one.")
+        selections = self.router.select(queries, self.k)
+        requests = self.requests_for(queries, selections)
+        results, stats = self.executor.execute(requests)
+
+        outputs: list[list[ExpertOutput]] = [[] for _ in queries]
+        position = {q.id: i for i, q in enumerate(queries)}
+        for res in results:
+            query = queries[position[res.request.query_id]]
+            answer = (extract_answer(res.text, query.answer_type, query.options)
+                      if res.error is None else None)
+            outputs[position[query.id]].append(ExpertOutput(
+                res.request.expert, res.text, answer, res.error, res.tokens_in, res.tokens_out,
+            ))
+        aggregates = self.aggregator.aggregate(queries, outputs)
+        answers = []
+        for query, selection, outs, agg in zip(queries, selections, outputs, aggregates):
+            usage = Usage(len(outs), sum(o.tokens_in for o in outs), sum(o.tokens_out for o in outs))
+            answers.append(Answer(
+                query=query, selection=selection, outputs=tuple(outs),
+                final_answer=agg.answer, correct=is_correct(agg.answer, query.gold, query.answer_type),
+                aggregator=agg.method, usage=usage,
+            ))
+        self.totals.merge(stats)
+        return RunResult(answers, stats, self.config, self.pool, self.k,
+                         time.perf_counter() - start)
+
+    def run(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> list[Answer]:
+        """Answers in input order."""
+        return self.evaluate(questions).answers
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.residency.release_all()
+        self.backends.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

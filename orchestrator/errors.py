@@ -1,0 +1,58 @@
+"""One exception hierarchy for the library.
+
+Every message says what was given, what is allowed and how to fix it. The CLI turns these into
+one red line and an exit code; the server (later) into OpenAI error envelopes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class OrchestratorError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(OrchestratorError):
+    """The user's input (a file, a flag, a name) is wrong; fixing the input fixes it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A pool manifest or run preset is invalid."""
+
+
+class UnknownNameError(UserError):
+    """A name (backend, router, aggregator, expert) is not registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str], hint: str = ""):
+        self.kind, self.name = kind, name
+        self.available = sorted(available)
+        close = difflib.get_close_matches(name, self.available, n=1)
+        guess = f" Did you mean '{close[0]}'?" if close else ""
+        listing = ", ".join(self.available) if self.available else "(none)"
+        super().__init__(f"Unknown {kind} '{name}'. Available: {listing}.{guess}{hint}")
+
+
+class BenchmarkFormatError(UserError):
+    """A benchmark file cannot be read: names the file, the line or index and the field."""
+
+
+class ModelNotFoundError(UserError):
+    """A model reference does not resolve to a file, folder or installed package."""
+
+
+class RoutingError(UserError):
+    """A routing request cannot be satisfied (k larger than the pool, unknown expert...)."""
+
+
+class BackendError(OrchestratorError):
+    """A backend failed as a whole (could not load a model, server unreachable...)."""
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

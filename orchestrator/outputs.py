@@ -1,0 +1,109 @@
+"""Run outputs: results.jsonl (one line per question) and summary.json, written atomically
+(a temporary file in the same folder, then a rename), so a crash never leaves a partial file
+that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .core import RunResult
+from .types import Answer
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def answer_record(answer: Answer) -> dict[str, Any]:
+    q = answer.query
+    return {
+        "id": q.id,
+        "question": q.question,
+        "gold": q.gold,
+        "domain": q.domain,
+        "experts": list(answer.selection.experts),
+        "scores": list(answer.selection.scores),
+        "outputs": [
+            {"expert": o.expert, "text": o.text, "answer": o.answer, "error": o.error,
+             "tokens_in": o.tokens_in, "tokens_out": o.tokens_out}
+            for o in answer.outputs
+        ],
+        "final_answer": answer.final_answer,
+        "correct": answer.correct,
+        "aggregator": answer.aggregator,
+    }
+
+
+def expert_table(result: RunResult) -> dict[str, dict[str, Any]]:
+    """Per-expert counters plus each expert's own accuracy on the questions it answered."""
+    own: dict[str, list[bool]] = {}
+    for a in result.answers:
+        if a.query.gold is None:
+            continue
+        for o in a.outputs:
+            own.setdefault(o.expert, []).append(
+                o.answer is not None and _same(o.answer, a)
+            )
+    table = {}
+    for expert_id, s in result.stats.experts.items():
+        row = s.to_dict()
+        marks = own.get(expert_id)
+        row["accuracy"] = round(sum(marks) / len(marks), 4) if marks else None
+        table[expert_id] = row
+    return table
+
+
+def _same(answer: str, a: Answer) -> bool:
+    from .benchmarks.extract import is_correct
+
+    return bool(is_correct(answer, a.query.gold, a.query.answer_type))
+
+
+def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    acc = result.accuracy
+    errors = sum(1 for a in result.answers for o in a.outputs if o.error)
+    return {
+        "n": len(result.answers),
+        "n_scored": len(result.scored),
+        "correct": sum(bool(a.correct) for a in result.answers),
+        "accuracy": None if acc is None else round(acc, 4),
+        "k": result.k,
+        "router": result.config.router,
+        "aggregator": result.config.aggregator,
+        "executor": result.config.executor,
+        "pool": result.pool.name,
+        "loads_total": result.stats.loads_total,
+        "errors": errors,
+        "wall_s": round(result.wall_s, 3),
+        "backend_s": round(result.stats.backend_s, 3),
+        "overhead_s": round(result.overhead_s, 3),
+        "overhead_share": round(result.overhead_s / result.wall_s, 4) if result.wall_s else 0.0,
+        **(extra or {}),
+        "config": result.config.model_dump(mode="json"),
+        "experts": expert_table(result),
+    }
+
+
+def write_run(out_dir: str | Path, result: RunResult, extra: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """Write results.jsonl then summary.json; returns the summary."""
+    out = Path(out_dir)
+    lines = "".join(json.dumps(answer_record(a), ensure_ascii=False) + "\n" for a in result.answers)
+    atomic_write_text(out / "results.jsonl", lines)
+    summary = summary_record(result, extra)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,139 @@
+"""Frozen values passed between the stages: annotate -> route -> execute -> aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AnswerType = Literal["choice", "numeric", "text"]
+
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question. `options` holds the choices when they are given as a list."""
+
+    id: str
+    question: str
+    gold: str | None = None
+    options: tuple[str, ...] = ()
+    domain: str | None = None
+    answer_type: AnswerType = "text"
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """A pool member as the backends see it (built from the manifest's ExpertConfig)."""
+
+    id: str
+    backend: str
+    model: str = ""
+    adapter: str | None = None
+    system_prompt: str | None = None
+    dtype: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt for one expert. `index` is the position in the run's request list."""
+
+    expert: str
+    messages: tuple[Message, ...]
+    sampling: Sampling = Sampling()
+    query_id: str = ""
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What a backend returns for one request; `error` set means this item failed alone."""
+
+    request: GenerationRequest
+    text: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A router's choice for one query: expert ids in order, their scores, and why."""
+
+    query_id: str
+    experts: tuple[str, ...]
+    scores: tuple[float, ...]
+    evidence: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ExpertOutput:
+    expert: str
+    text: str
+    answer: str | None
+    error: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An aggregator's decision for one query."""
+
+    answer: str | None
+    method: str
+    detail: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Usage:
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.calls + other.calls,
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The final result for one query."""
+
+    query: Query
+    selection: Selection
+    outputs: tuple[ExpertOutput, ...]
+    final_answer: str | None
+    correct: bool | None
+    aggregator: str
+    usage: Usage = Usage()

@@ -1,0 +1,10 @@
+"""Workers: the grouped executor (and the naive baseline), residency and counters."""
+
+from .executor import EXECUTORS, GroupedExecutor, NaiveExecutor
+from .residency import BackendSet, Residency
+from .stats import ExecutionStats, ExpertStats
+
+__all__ = [
+    "EXECUTORS", "BackendSet", "ExecutionStats", "ExpertStats", "GroupedExecutor",
+    "NaiveExecutor", "Residency",
+]
