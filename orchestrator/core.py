@@ -15,6 +15,7 @@ from .benchmarks.readers import infer_answer_type
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .errors import ConfigError, UnknownNameError
 from .registry import AGGREGATORS, BACKENDS, ROUTERS
+from .routing.base import check_experts, check_k
 from .types import (
     Answer, ExpertOutput, ExpertSpec, GenerationRequest, Query, Sampling, Selection, Usage,
 )
@@ -107,6 +108,9 @@ class Orchestrator:
             self.residency, self.config.batch_size, progress
         )
         self.k = self.config.effective_k()
+        check_k(self.k, pool)  # before any model loads
+        if self.config.experts:
+            check_experts(self.config.experts, pool)
         self.totals = ExecutionStats()
 
     @classmethod

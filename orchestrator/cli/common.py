@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import OrchestratorError
 
@@ -27,7 +28,7 @@ def handle_errors(func: Callable) -> Callable:
         except OrchestratorError as exc:
             if os.environ.get("ORCHESTRATOR_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written for the unfinished run.")
