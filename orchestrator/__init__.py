@@ -7,8 +7,14 @@ Importing this package imports neither torch nor transformers.
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .core import Orchestrator, RunResult
 from .errors import (
-    BackendError, BenchmarkFormatError, ConfigError, ModelNotFoundError, OrchestratorError,
-    RoutingError, UnknownNameError, UserError,
+    BackendError,
+    BenchmarkFormatError,
+    ConfigError,
+    ModelNotFoundError,
+    OrchestratorError,
+    RoutingError,
+    UnknownNameError,
+    UserError,
 )
 from .types import Answer, Query
 

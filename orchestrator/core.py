@@ -17,7 +17,14 @@ from .errors import ConfigError, UnknownNameError
 from .registry import AGGREGATORS, BACKENDS, ROUTERS
 from .routing.base import check_experts, check_k
 from .types import (
-    Answer, ExpertOutput, ExpertSpec, GenerationRequest, Query, Sampling, Selection, Usage,
+    Answer,
+    ExpertOutput,
+    ExpertSpec,
+    GenerationRequest,
+    Query,
+    Sampling,
+    Selection,
+    Usage,
 )
 from .workers import EXECUTORS, BackendSet, ExecutionStats, Residency
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import BackendError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
 
 PKG_SCHEME = "pkg://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -159,6 +162,7 @@ def local_folder(
     with FileLock(str(target) + ".lock", timeout=1800):
         if marker.exists():  # another process finished while we waited
             return str(target)
+        log.info("converting %s to a safetensors folder once (cached in %s)", ref.reference, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
             convert(gguf, tmp)

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator import Orchestrator, load_pool
 from orchestrator.config import RunConfig
-from orchestrator.types import GenerationRequest, Message, Sampling
+from orchestrator.types import GenerationRequest, Message
 
 from .conftest import choice_rows
 

@@ -85,7 +85,9 @@ class TransformersBackend(BaseBackend):
                 folder, local_files_only=local_only, **kwargs
             )
         except (OSError, ValueError) as err:
-            raise BackendError(f"Expert '{expert.id}': loading model '{expert.model}' failed: {err}")
+            raise BackendError(
+                f"Expert '{expert.id}': loading model '{expert.model}' failed: {err}"
+            ) from err
         if expert.adapter:
             model = self._attach_adapter(expert, model)
         model.to(opts.device).eval()

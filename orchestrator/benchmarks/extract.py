@@ -19,9 +19,9 @@ _BARE_END = r"(?=\s*(?:$|[.,;:!)\]\n*]))"
 _CHOICE_PATTERNS = [
     re.compile(rf"answer\s+is\s*:?\s*\**\s*\(({_L})\)", re.I),
     re.compile(rf"answer\s+is\s*:?\s*\**\s*({_L}){_BARE_END}", re.I),
-    re.compile(rf"answer\s+is\s*:?\s*\**\s*([B-HJ])\b(?!['’])", re.I),
+    re.compile(r"answer\s+is\s*:?\s*\**\s*([B-HJ])\b(?!['’])", re.I),
     re.compile(rf"\banswer\s*(?:\([^)]*\))?\s*[:=]\s*\**\s*\(?({_L})\)?{_BARE_END}", re.I),
-    re.compile(rf"\banswer\s*[:=]\s*\**\s*\(?([B-HJ])\)?\b(?!['’])", re.I),
+    re.compile(r"\banswer\s*[:=]\s*\**\s*\(?([B-HJ])\)?\b(?!['’])", re.I),
     re.compile(rf"\\boxed\{{\s*\(?({_L})\)?\s*\}}"),
     re.compile(rf"\boption\s+\(?({_L})\)?{_BARE_END}"),
 ]

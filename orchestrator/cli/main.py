@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -29,8 +30,23 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log debug details (per-batch timings, failures).")] = False,
 ) -> None:
     """Route questions to a pool of expert LLMs, batched by expert, and aggregate."""
+    setup_logging(verbose)
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    from .common import err
+
+    logger = logging.getLogger("orchestrator")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=err, show_path=False, show_time=False))
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main() -> None:

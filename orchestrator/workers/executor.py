@@ -38,6 +38,10 @@ def _checked(backend_name: str, requests, results) -> list[GenerationResult]:
     ]
 
 
+def _prompt_chars(request: GenerationRequest) -> int:
+    return sum(len(m.content) for m in request.messages)
+
+
 class ExecutorBase:
     name = "base"
 
@@ -113,7 +117,8 @@ class GroupedExecutor(ExecutorBase):
             for expert_id in order:
                 bar.add(expert_id, len(groups[expert_id]))
             for expert_id in order:
-                idx = groups[expert_id]
+                # similar lengths in one batch waste less compute on padding
+                idx = sorted(groups[expert_id], key=lambda i: _prompt_chars(requests[i]))
                 error = self._load(expert_id, stats)
                 if error is not None:
                     stats.expert(expert_id).errors += len(idx)

@@ -18,7 +18,11 @@ class RichProgress(AbstractContextManager):
     def __init__(self):
         from rich.console import Console
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
         )
 
         self._progress = Progress(
