@@ -173,6 +173,10 @@ class Orchestrator:
         queries = [as_query(q, i) for i, q in enumerate(questions)]
         if not queries:
             raise ConfigError("No questions were given; pass at least one.")
+        ids = [q.id for q in queries]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ConfigError(f"Question id '{dup}' appears twice in one batch; ids must be unique.")
         selections = self.router.select(queries, self.k)
         requests = self.requests_for(queries, selections)
         results, stats = self.executor.execute(requests)

@@ -162,3 +162,16 @@ def test_dry_run_swaps_every_backend_for_fake(tmp_path):
         (answer,) = o.run(choice_rows(1))
     assert answer.outputs[0].text.startswith("The answer is (")
     assert "transformers" not in o.backends.instances()
+
+
+def test_sdk_context_manager_and_duplicate_ids(fake_pool):
+    from orchestrator.errors import ConfigError
+
+    with Orchestrator.from_files(fake_pool(2), k=2) as o:
+        answers = o.run(["What is 2 + 2?", {"id": "x", "question": "And 3 + 3?", "gold": "6"}])
+        assert [a.query.id for a in answers] == ["q0", "x"]
+        assert answers[1].query.answer_type == "numeric" and answers[1].correct is not None
+        assert len(o.residency.resident) == 1  # resident_limit 1
+        with pytest.raises(ConfigError, match="appears twice"):
+            o.run([{"id": "a", "question": "1"}, {"id": "a", "question": "2"}])
+    assert o.residency.resident == []
