@@ -107,9 +107,15 @@ def resolve(reference: str, base_dir: str | Path | None = None) -> ModelRef:
 
 
 def _gguf_key(path: Path) -> str:
-    st = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{path.stem}-{digest.hexdigest()[:12]}"
+    """Content-based and cheap: the size plus the first and last MiB. The same file installed
+    in two virtualenvs shares one conversion."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
