@@ -163,6 +163,7 @@ class Orchestrator:
                 requests.append(GenerationRequest(
                     expert=expert_id, messages=messages_for(query, spec.system_prompt),
                     sampling=self.sampling_for(spec), query_id=query.id, index=len(requests),
+                    question=query.question,
                 ))
         return requests
 

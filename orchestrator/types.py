@@ -59,13 +59,15 @@ class Message:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt for one expert. `index` is the position in the run's request list."""
+    """One prompt for one expert. `index` is the position in the run's request list;
+    `question` is the raw question text (backends that look answers up by question use it)."""
 
     expert: str
     messages: tuple[Message, ...]
     sampling: Sampling = Sampling()
     query_id: str = ""
     index: int = 0
+    question: str = ""
 
 
 @dataclass(frozen=True)
