@@ -80,6 +80,18 @@ class GenerationDefaults(StrictModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class RoutingOptions(StrictModel):
+    """Knobs of the profile-based routers."""
+
+    neighbors: int = Field(default=100, ge=1, description="knn: validation neighbours per query")
+    shrinkage: float = Field(default=5.0, ge=0, description="knn: prior weight toward global acc.")
+    temperature: float = Field(default=0.5, gt=0, description="symbolic-moe: global strength temp.")
+    replace_rare: bool = False
+    min_share: float = Field(default=0.05, ge=0, le=1)
+    top_m: int = Field(default=3, ge=1, description="embedding annotator: skills per question")
+    threshold: float = Field(default=0.15, ge=-1, le=1, description="embedding annotator: min cos")
+
+
 class RunConfig(StrictModel):
     """A run preset (`configs/*.yaml`); CLI flags override single fields."""
 
@@ -95,6 +107,11 @@ class RunConfig(StrictModel):
         default=None, ge=1, le=131072, description="caps every expert's max_tokens when set"
     )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    profile: str | None = Field(default=None, description="skill profile JSON for routing")
+    annotator: Literal["embedding", "llm", "field"] = "embedding"
+    annotator_expert: str | None = Field(default=None, description="llm annotator: expert id")
+    vocabulary: str | None = Field(default=None, description="skills YAML (embedding annotator)")
+    routing: RoutingOptions = Field(default_factory=RoutingOptions)
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the non-None overrides applied, validated again."""

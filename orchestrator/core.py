@@ -15,7 +15,7 @@ from .benchmarks.readers import infer_answer_type
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .errors import ConfigError, UnknownNameError
 from .registry import AGGREGATORS, BACKENDS, ROUTERS
-from .routing.base import check_experts, check_k
+from .routing.base import QueryFeatures, check_experts, check_k
 from .types import (
     Answer,
     ExpertOutput,
@@ -109,7 +109,14 @@ class Orchestrator:
         context = BackendContext(self.config.threads, self.config.seed, pool.base_dir)
         self.backends = BackendSet(context, dict(backends or {}))
         self.residency = Residency(specs, self.backends, pool.resident_limit)
-        self.router = ROUTERS.get(self.config.router)(pool, self.config)
+        self.profile = None
+        if self.config.profile:
+            from .profiling.profile import Profile
+
+            self.profile = Profile.load(self.config.profile, pool.expert_ids)
+        self.router = ROUTERS.get(self.config.router)(pool, self.config, profile=self.profile)
+        self._embedder = None
+        self._annotator = None
         self.aggregator = AGGREGATORS.get(self.config.aggregator)(pool, self.config)
         self.executor = EXECUTORS[self.config.executor](
             self.residency, self.config.batch_size, progress
@@ -141,6 +148,42 @@ class Orchestrator:
     def check(self) -> list[tuple[ExpertSpec, str]]:
         """Validate every expert's options and resolve its model, loading nothing."""
         return [(s, self.backends.for_expert(s).check(s)) for s in self.specs.values()]
+
+    # -- annotation -------------------------------------------------------------------------
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from .skills.embedder import Embedder
+
+            self._embedder = Embedder(threads=self.config.threads)
+        return self._embedder
+
+    @property
+    def annotator(self):
+        if self._annotator is None:
+            from .skills import make_annotator
+
+            self._annotator = make_annotator(self)
+        return self._annotator
+
+    def features(self, queries: Sequence[Query]) -> QueryFeatures:
+        """Skills (and, for instance-level routers, question embeddings) of a batch."""
+        from .skills.vocabulary import map_keywords
+
+        skills = self.annotator.annotate(queries)
+        skill_ids = [()] * len(queries)
+        if self.profile is not None:
+            skill_ids = map_keywords(skills, self.profile.skills, self.embedder,
+                                     self.profile.skill_emb)
+        embeddings = None
+        if getattr(self.router, "needs_embeddings", False):
+            embeddings = self.embedder.encode([q.question for q in queries])
+        return QueryFeatures(skills, skill_ids, embeddings)
+
+    def route(self, queries: Sequence[Query]) -> list[Selection]:
+        features = self.features(queries) if self.router.needs_profile else None
+        return self.router.select(queries, self.k, features)
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -178,7 +221,7 @@ class Orchestrator:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ConfigError(f"Question id '{dup}' appears twice in one batch; ids must be unique.")
-        selections = self.router.select(queries, self.k)
+        selections = self.route(queries)
         requests = self.requests_for(queries, selections)
         results, stats = self.executor.execute(requests)
 

@@ -56,6 +56,9 @@ BACKENDS.register("openai_http", "orchestrator.backends.openai_http:OpenAIHTTPBa
 
 ROUTERS.register("fixed", "orchestrator.routing.fixed:FixedRouter")
 ROUTERS.register("random", "orchestrator.routing.random:RandomRouter")
+ROUTERS.register("topk", "orchestrator.routing.topk:TopKRouter")
+ROUTERS.register("knn", "orchestrator.routing.knn:KnnRouter")
+ROUTERS.register("symbolic-moe", "orchestrator.routing.symbolic_moe:SymbolicMoERouter")
 
 AGGREGATORS.register("first", "orchestrator.aggregation.first:FirstAggregator")
 AGGREGATORS.register("vote", "orchestrator.aggregation.vote:VoteAggregator")

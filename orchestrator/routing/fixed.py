@@ -25,7 +25,7 @@ class FixedRouter(RouterBase):
         check_k(k, self.pool)
         return tuple(self.pool.expert_ids[:k])
 
-    def select(self, queries: Sequence[Query], k: int) -> list[Selection]:
+    def select(self, queries: Sequence[Query], k: int, features=None) -> list[Selection]:
         chosen = self.experts_for(k)
         scores = tuple(1.0 for _ in chosen)
         evidence = {"router": "fixed"}

@@ -13,7 +13,7 @@ from .base import RouterBase, check_experts, check_k
 class RandomRouter(RouterBase):
     name = "random"
 
-    def select(self, queries: Sequence[Query], k: int) -> list[Selection]:
+    def select(self, queries: Sequence[Query], k: int, features=None) -> list[Selection]:
         candidates = list(self.config.experts or self.pool.expert_ids)
         check_experts(candidates, self.pool)
         check_k(k, self.pool)

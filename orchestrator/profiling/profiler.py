@@ -1,0 +1,69 @@
+"""Build a skill profile: every expert answers every validation question (grouped executor),
+each answer is scored, the questions are annotated with skills, and per (expert, skill) the
+counts are gathered (Symbolic-MoE section 3.1, with shrunken estimates on top)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..benchmarks.extract import extract_answer, is_correct
+from ..errors import ConfigError
+from ..types import Query, Selection
+from .profile import Profile
+
+log = logging.getLogger(__name__)
+
+
+def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
+                  vocabulary: Sequence[str] | None = None, prior_strength: float = 10.0
+                  ) -> Profile:
+    """`vocabulary` fixes the skill list (embedding annotator); without it the skills are the
+    distinct annotations themselves (llm and field annotators)."""
+    scored = [q for q in queries if q.gold is not None]
+    if len(scored) < len(queries):
+        raise ConfigError(f"{len(queries) - len(scored)} validation questions have no gold "
+                          "answer; a profile needs gold answers for every question.")
+    experts = list(orch.specs)
+    start = time.perf_counter()
+    selections = [Selection(q.id, tuple(experts), tuple(1.0 for _ in experts)) for q in queries]
+    results, stats = orch.executor.execute(orch.requests_for(queries, selections))
+    orch.totals.merge(stats)
+    n_q, n_e = len(queries), len(experts)
+    answered = np.zeros((n_q, n_e), dtype=bool)
+    correct = np.zeros((n_q, n_e), dtype=bool)
+    col = {e: j for j, e in enumerate(experts)}
+    row = {q.id: i for i, q in enumerate(queries)}
+    for res in results:
+        i, j = row[res.request.query_id], col[res.request.expert]
+        if res.error is not None:
+            continue
+        q = queries[i]
+        answered[i, j] = True
+        correct[i, j] = bool(is_correct(extract_answer(res.text, q.answer_type, q.options),
+                                        q.gold, q.answer_type))
+    log.info("validation answers: %.1fs", time.perf_counter() - start)
+
+    annotations = annotator.annotate(queries)
+    skills = list(vocabulary) if vocabulary is not None else sorted(
+        {s for ann in annotations for s in ann})
+    index = {s: k for k, s in enumerate(skills)}
+    val_skills = [tuple(dict.fromkeys(index[s] for s in ann if s in index)) for ann in annotations]
+    member = np.zeros((n_q, len(skills)), dtype=np.int32)  # [N, S] question has skill
+    for i, ids in enumerate(val_skills):
+        member[i, list(ids)] = 1
+    counts = (answered.T.astype(np.int32)) @ member  # [E, S]
+    right = (correct & answered).T.astype(np.int32) @ member
+    return Profile(
+        pool=orch.pool.name,
+        annotator={"name": annotator.name, **getattr(annotator, "describe", lambda: {})()},
+        experts=experts, skills=skills, counts=counts, correct=right,
+        n=answered.sum(0).astype(np.int32), n_correct=(correct & answered).sum(0).astype(np.int32),
+        skill_emb=embedder.encode(skills), val_ids=[q.id for q in queries],
+        val_emb=embedder.encode([q.question for q in queries]), val_correct=correct,
+        val_skills=val_skills, prior_strength=prior_strength,
+        meta={"errors": int((~answered).sum()), "embedder": embedder.key},
+    )

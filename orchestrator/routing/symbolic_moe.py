@@ -1,0 +1,74 @@
+"""`symbolic-moe`: skill-based recruiting as in Symbolic-MoE (arXiv 2503.05641, section 3.2).
+
+Per query q with skills K(q) and expert e:
+  local[q, e]  = sum_{s in K(q)} score[e, s]          (the profile's +1/-1 sums)
+  global[e]    = softmax(strength[e] / (T * max|strength|)), T = 0.5 by default
+                 (strength = the expert's scores summed over all skills)
+  p(e | q)     proportional to max(local[q, e], 0) * global[e]  (global alone if all are 0)
+k experts are sampled from p with replacement (seeded per query id, so a duplicate expert votes
+twice, as in the paper). Option `replace_rare`: experts drawn for less than `min_share` of the
+batch's draws are replaced by the query's most probable frequent expert, so that the batch loads
+fewer models (the paper's frequency threshold, 5%).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..types import Query, Selection
+from .base import QueryFeatures, RouterBase, check_k
+from .graph import RoutingGraph
+
+
+class SymbolicMoERouter(RouterBase):
+    name = "symbolic-moe"
+    needs_profile = True
+
+    def __init__(self, pool, config, profile=None):
+        super().__init__(pool, config, profile)
+        self.graph = RoutingGraph(self.profile)
+        opts = config.routing
+        self.temperature, self.min_share, self.replace_rare = (
+            opts.temperature, opts.min_share, opts.replace_rare)
+        strength = self.profile.strength.astype(np.float64)
+        z = strength / (self.temperature * max(np.abs(strength).max(), 1e-9))
+        g = np.exp(z - z.max())
+        self.global_weight = g / g.sum()  # [E]
+
+    def probabilities(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """[n, E] recruiting distribution per query."""
+        local = self.graph.membership(skill_ids) @ self.graph.scores.T  # [n, E]
+        w = np.maximum(local, 0.0) * self.global_weight[None, :]
+        empty = w.sum(axis=1, keepdims=True) <= 0
+        w = np.where(empty, self.global_weight[None, :], w)
+        return w / w.sum(axis=1, keepdims=True)
+
+    def select(self, queries: Sequence[Query], k: int,
+               features: QueryFeatures | None = None) -> list[Selection]:
+        check_k(k, self.pool)
+        p = self.probabilities(features.skill_ids)
+        experts = self.graph.experts
+        draws = []
+        for i, q in enumerate(queries):
+            rng = random.Random(f"{self.config.seed}:{q.id}")
+            draws.append(rng.choices(range(len(experts)), weights=p[i].tolist(), k=k))
+        if self.replace_rare and len(queries) > 1:
+            share = Counter(j for d in draws for j in d)
+            total = sum(share.values())
+            frequent = {j for j, c in share.items() if c / total >= self.min_share}
+            if frequent:
+                for i, d in enumerate(draws):
+                    best = max(frequent, key=lambda j: p[i, j])
+                    draws[i] = [j if j in frequent else best for j in d]
+        out = []
+        for i, q in enumerate(queries):
+            ids = tuple(experts[j] for j in draws[i])
+            out.append(Selection(q.id, ids, tuple(round(float(p[i, j]), 4) for j in draws[i]), {
+                "router": self.name, "skills": list(features.skills[i]),
+                "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)},
+            }))
+        return out

@@ -1,0 +1,42 @@
+"""`topk`: deterministic top-k by the shrunken per-skill success estimates, averaged over the
+query's skills."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..types import Query, Selection
+from .base import QueryFeatures, RouterBase, check_k
+from .graph import RoutingGraph
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """[n, E] -> [n, k] column indices, best first (ties: lower index first)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order[:, :k]
+
+
+class TopKRouter(RouterBase):
+    name = "topk"
+    needs_profile = True
+
+    def __init__(self, pool, config, profile=None):
+        super().__init__(pool, config, profile)
+        self.graph = RoutingGraph(self.profile)
+
+    def select(self, queries: Sequence[Query], k: int,
+               features: QueryFeatures | None = None) -> list[Selection]:
+        check_k(k, self.pool)
+        est = self.graph.skill_estimates(features.skill_ids)  # [n, E]
+        chosen = top_k(est, k)
+        experts = self.graph.experts
+        out = []
+        for i, q in enumerate(queries):
+            ids = tuple(experts[j] for j in chosen[i])
+            out.append(Selection(q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]), {
+                "router": self.name, "skills": list(features.skills[i]),
+                "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in ids},
+            }))
+        return out
