@@ -9,6 +9,8 @@ import typer
 
 from .. import __version__
 from . import pools
+from .profile import profile
+from .route import route
 from .run import run
 
 app = typer.Typer(
@@ -17,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run)
+app.command("profile")(profile)
+app.command("route")(route)
 app.add_typer(pools.app, name="pools")
 
 

@@ -36,4 +36,15 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
         f"wall {summary['wall_s']:.1f}s   orchestration overhead "
         f"{100 * summary['overhead_share']:.1f}%",
         f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",
+    ] + evaluation_lines(summary.get("evaluation"))
+
+
+def evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
+    if not ev:
+        return []
+    best = ev["best_single"]
+    return [
+        f"reference  routed {100 * ev['routed']:.2f}% | best single {100 * best['accuracy']:.2f}% "
+        f"({best['expert']}) | random single {100 * ev['random_single']:.2f}% | majority of all "
+        f"{100 * ev['majority_all']:.2f}% | oracle {100 * ev['oracle']:.2f}%  (n={ev['n']})",
     ]

@@ -27,6 +27,9 @@ def run(
     max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per answer (overrides the pool).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for routing and sampling.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch backends.")] = None,
+    profile: Annotated[Optional[Path], typer.Option(help="Skill profile JSON (for topk, knn, symbolic-moe).")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help="Skill annotator: embedding, llm or field.")] = None,
+    baselines: Annotated[Optional[bool], typer.Option(help="Also score every expert on every question (default: on for replay/fake pools).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
@@ -36,6 +39,8 @@ def run(
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
     from ..errors import BackendError
+    from ..evaluation import baselines as evaluate_baselines
+    from ..evaluation import free_to_evaluate
     from ..outputs import write_run
     from .render import expert_table, summary_lines
 
@@ -44,7 +49,8 @@ def run(
         out_dir = Path("runs") / f"{bench.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = dict(k=k, router=router, experts=split_ids(experts), aggregator=aggregator,
                      executor=executor, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
-                     threads=threads)
+                     threads=threads, annotator=annotator,
+                     profile=str(profile) if profile else None)
     with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
                                  **overrides) as orch:
         orch.check()  # every model resolves before the first one loads
@@ -52,13 +58,16 @@ def run(
                   f"({orch.config.executor} executor, batch {orch.config.batch_size})",
                   markup=False)
         result = orch.evaluate(queries)
+        extra = {"benchmark": str(bench), "dry_run": dry_run}
+        if baselines or (baselines is None and free_to_evaluate(orch)):
+            extra["evaluation"] = evaluate_baselines(orch, queries, result.answers)
     outputs = [o for a in result.answers for o in a.outputs]
     if outputs and all(o.error for o in outputs):
         raise BackendError(
             f"all {len(outputs)} generations failed, so no results were written; the first "
             f"error: {outputs[0].error}"
         )
-    summary = write_run(out_dir, result, {"benchmark": str(bench), "dry_run": dry_run})
+    summary = write_run(out_dir, result, extra)
     out.print(expert_table(summary))
     for line in summary_lines(summary, str(out_dir)):
         out.print(line, markup=False)

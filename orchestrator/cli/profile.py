@@ -1,0 +1,61 @@
+"""`orchestrate profile`: score every expert of a pool per skill on validation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import err, handle_errors, out
+
+
+@handle_errors
+def profile(
+    pool: Annotated[Path, typer.Option(help="Pool manifest (pools/*.yaml).")],
+    data: Annotated[Path, typer.Option(help="Validation file with gold answers.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Profile JSON to write (arrays go beside it as .npz).")],
+    annotator: Annotated[str, typer.Option(help="embedding, llm or field.")] = "embedding",
+    annotator_expert: Annotated[Optional[str], typer.Option(help="llm annotator: the expert that writes keywords.")] = None,
+    vocabulary: Annotated[Optional[Path], typer.Option(help="Skill vocabulary YAML (embedding annotator).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
+    prior_strength: Annotated[float, typer.Option(help="Shrinkage weight toward an expert's global accuracy.")] = 10.0,
+    fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
+    split: Annotated[Optional[str], typer.Option(help="Keep only questions tagged with this Symbolic-MoE split (e.g. train).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+) -> None:
+    """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
+    from ..benchmarks.readers import read_benchmark
+    from ..core import Orchestrator
+    from ..profiling import build_profile
+    from ..skills import DEFAULT_VOCABULARY
+    from ..skills.vocabulary import load_vocabulary
+
+    queries = read_benchmark(data, fmt)
+    if split:
+        queries = [q for q in queries
+                   if any(t.get("split") == split for t in q.meta.get("symbolic_moe") or [])]
+    if limit:
+        queries = queries[:limit]
+    if not queries:
+        raise typer.BadParameter(f"no questions left in {data} after --split/--limit")
+    with Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
+                                 annotator=annotator, annotator_expert=annotator_expert,
+                                 vocabulary=str(vocabulary) if vocabulary else None) as orch:
+        orch.check()
+        vocab = None
+        if annotator == "embedding":
+            vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
+        err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
+                  f"({annotator} annotator)", markup=False)
+        prof = build_profile(orch, queries, orch.annotator, orch.embedder, vocabulary=vocab,
+                             prior_strength=prior_strength)
+    prof.meta.update({"data": str(data), "split": split, "limit": limit})
+    path = prof.save(out_path)
+    acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)
+    for a, e in acc[:10]:
+        out.print(f"{e:<40} {100 * a:6.2f}%", markup=False)
+    out.print(f"profile: {len(prof.experts)} experts x {len(prof.skills)} skills on "
+              f"{len(prof.val_ids)} questions -> {path} (+ {path.with_suffix('.npz').name})",
+              markup=False)

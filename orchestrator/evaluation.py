@@ -1,0 +1,61 @@
+"""Reference points on the same questions as a routed run: best single expert, a random single
+expert (expected accuracy), majority vote of all experts, and the oracle (any expert right).
+Needs every expert's answer to every question, which replay pools give for free."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .aggregation.vote import majority
+from .benchmarks.extract import extract_answer, is_correct
+from .types import Answer, Query, Selection
+
+
+def all_expert_answers(orch, queries: Sequence[Query]) -> tuple[list[str], np.ndarray, list]:
+    """(expert ids, [n, E] correctness, [n][E] extracted answers) with every expert on every
+    question, through the orchestrator's executor (grouped by expert)."""
+    experts = list(orch.specs)
+    sel = [Selection(q.id, tuple(experts), tuple(1.0 for _ in experts)) for q in queries]
+    results, stats = orch.executor.execute(orch.requests_for(queries, sel))
+    orch.totals.merge(stats)
+    row = {q.id: i for i, q in enumerate(queries)}
+    col = {e: j for j, e in enumerate(experts)}
+    correct = np.zeros((len(queries), len(experts)), dtype=bool)
+    answers: list[list[str | None]] = [[None] * len(experts) for _ in queries]
+    for res in results:
+        i, j = row[res.request.query_id], col[res.request.expert]
+        q = queries[i]
+        if res.error is None:
+            a = extract_answer(res.text, q.answer_type, q.options)
+            answers[i][j] = a
+            correct[i, j] = bool(is_correct(a, q.gold, q.answer_type))
+    return experts, correct, answers
+
+
+def baselines(orch, queries: Sequence[Query], routed: Sequence[Answer]) -> dict:
+    scored = [i for i, q in enumerate(queries) if q.gold is not None]
+    if not scored:
+        return {}
+    experts, correct, answers = all_expert_answers(orch, [queries[i] for i in scored])
+    per_expert = correct.mean(axis=0)
+    best = int(per_expert.argmax())
+    votes = [majority(row)[0] for row in answers]
+    vote_acc = np.mean([bool(is_correct(v, queries[i].gold, queries[i].answer_type))
+                        for v, i in zip(votes, scored)])
+    routed_acc = np.mean([bool(routed[i].correct) for i in scored])
+    return {
+        "n": len(scored),
+        "routed": round(float(routed_acc), 4),
+        "best_single": {"expert": experts[best], "accuracy": round(float(per_expert[best]), 4)},
+        "random_single": round(float(per_expert.mean()), 4),
+        "majority_all": round(float(vote_acc), 4),
+        "oracle": round(float(correct.any(axis=1).mean()), 4),
+        "per_expert": {e: round(float(a), 4) for e, a in zip(experts, per_expert)},
+    }
+
+
+def free_to_evaluate(orch) -> bool:
+    """Every expert answers from recordings or scripts: running all of them costs nothing."""
+    return all(s.backend in ("replay", "fake") for s in orch.specs.values())
