@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field
@@ -82,36 +82,41 @@ class OpenAIHTTPBackend(BaseBackend):
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.agenerate(requests))
-        # Called from inside an event loop (e.g. a server handler's thread): run on our own.
-        box: list = []
-        thread = threading.Thread(target=lambda: box.append(asyncio.run(self.agenerate(requests))))
-        thread.start()
-        thread.join()
-        return box[0]
+        # Called from inside an event loop (e.g. a server handler's thread): run on our own, in a
+        # worker thread, so that an error raised there reaches the caller as itself.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-http") as pool:
+            return pool.submit(asyncio.run, self.agenerate(requests)).result()
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        import httpx
-
         by_expert: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             by_expert.setdefault(r.expert, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for expert_id, idx in by_expert.items():
-            expert, opts, key = self.loaded(expert_id)
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
-            timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
-            limits = httpx.Limits(max_connections=opts.concurrency)
-            sem = asyncio.Semaphore(opts.concurrency)
-            async with httpx.AsyncClient(
-                base_url=opts.base_url.rstrip("/") + "/", headers=headers, timeout=timeout,
-                limits=limits,
-            ) as client:
-                async def one(i: int) -> None:
-                    async with sem:
-                        results[i] = await self._one(client, expert, opts, requests[i])
-
-                await asyncio.gather(*(one(i) for i in idx))
+            batch = await self._expert_batch(expert_id, [requests[i] for i in idx])
+            for i, result in zip(idx, batch):
+                results[i] = result
         return results  # type: ignore[return-value]
+
+    async def _expert_batch(self, expert_id: str,
+                            requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """One expert's requests through one client, at most `concurrency` in flight, in order."""
+        import httpx
+
+        expert, opts, key = self.loaded(expert_id)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
+        limits = httpx.Limits(max_connections=opts.concurrency)
+        sem = asyncio.Semaphore(opts.concurrency)
+        async with httpx.AsyncClient(
+            base_url=opts.base_url.rstrip("/") + "/", headers=headers, timeout=timeout,
+            limits=limits,
+        ) as client:
+            async def one(request: GenerationRequest) -> GenerationResult:
+                async with sem:
+                    return await self._one(client, expert, opts, request)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def _one(self, client, expert: ExpertSpec, opts: OpenAIHTTPOptions,
                    request: GenerationRequest) -> GenerationResult:
@@ -139,12 +144,18 @@ class OpenAIHTTPBackend(BaseBackend):
                 if not retryable or attempt >= opts.max_retries:
                     what = f"HTTP {status}" if status else type(err).__name__
                     tries = f" after {attempt + 1} attempts" if attempt else ""
-                    return failed(request, f"{what} from {opts.base_url}{tries}: {err}")
-                delay = min(opts.backoff_s * 2**attempt, opts.backoff_max_s)
-                if getattr(err, "retry_after", None) is not None:
-                    delay = min(max(err.retry_after, delay), opts.backoff_max_s)
+                    detail = str(err) or (  # httpx timeouts carry no message of their own
+                        f"no answer within timeout_s={opts.timeout_s:g} "
+                        f"(connect_timeout_s={opts.connect_timeout_s:g})"
+                        if isinstance(err, httpx.TimeoutException) else "no detail")
+                    return failed(request, f"{what} from {opts.base_url}{tries}: {detail}")
+                jitter = 0.75 + random.random() / 2
+                delay = min(opts.backoff_s * 2**attempt * jitter, opts.backoff_max_s)
+                retry_after = getattr(err, "retry_after", None)
+                if retry_after is not None:  # the server's "not before": no jitter below it
+                    delay = max(delay, min(retry_after, opts.backoff_max_s))
                 attempt += 1
-                await asyncio.sleep(delay * (0.75 + random.random() / 2) if delay else 0)
+                await asyncio.sleep(delay)
             except ValueError as err:  # JSON that is not a chat completion
                 return failed(request, f"bad response from {opts.base_url}: {err}")
 
@@ -159,10 +170,11 @@ def _retry_after(resp) -> float | None:
 
 def _error_message(resp) -> str:
     try:
-        err = resp.json().get("error", {})
-        message = err.get("message") if isinstance(err, dict) else str(err)
+        data = resp.json()
     except ValueError:
-        message = None
+        data = None
+    err = data.get("error") if isinstance(data, dict) else data  # a proxy may send a list/string
+    message = err.get("message") if isinstance(err, dict) else (str(err) if err else None)
     return (message or resp.text or resp.reason_phrase)[:500]
 
 
@@ -173,7 +185,9 @@ def _parse(request: GenerationRequest, resp) -> GenerationResult:
         text = choice["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ValueError("no choices[0].message in the response") from None
-    usage = data.get("usage") or {}
+    if not isinstance(text, str):
+        raise ValueError(f"choices[0].message.content is a {type(text).__name__}, not a string")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return GenerationResult(
         request, text.strip(), int(usage.get("prompt_tokens") or 0),
         int(usage.get("completion_tokens") or 0),
