@@ -146,7 +146,8 @@ def test_routing_mistakes_are_clear(fake_pool, cfg, message):
 def test_unknown_names_list_what_is_available(fake_pool):
     from orchestrator.errors import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="Unknown router .fixd.. Available: fixed, knn, random, symbolic-moe, topk"):
+    expected = "Unknown router .fixd.. Available: fixed, knn, random, symbolic-moe, topk"
+    with pytest.raises(UnknownNameError, match=expected):
         orch(fake_pool(1), router="fixd")
     with pytest.raises(UnknownNameError, match="Did you mean 'vote'"):
         orch(fake_pool(1), aggregator="vot")

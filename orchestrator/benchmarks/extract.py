@@ -25,10 +25,12 @@ _CHOICE_PATTERNS = [
     re.compile(rf"\\boxed\{{\s*\(?({_L})\)?\s*\}}"),
     re.compile(rf"\boption\s+\(?({_L})\)?{_BARE_END}"),
 ]
+_N_STATEMENTS = 5  # the first five patterns are answer statements: the last one in the text wins
 _CHOICE_WHOLE = re.compile(rf"^\s*\**\(?({_L})\)?\**\s*[.:)]?\s*$")
 _CHOICE_LEAD = re.compile(rf"^\s*\**\(({_L})\)|^\s*\**({_L})[.:)]\s")
 
-_NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?"
+# A minus right after a digit, letter or ")" is a hyphen or a subtraction ("5-3"), not a sign.
+_NUM = r"(?:(?<![\w)])-)?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?"
 _NUM_AFTER = [
     re.compile(rf"####\s*({_NUM})"),
     re.compile(rf"answer\s+is\s*:?\s*\**\s*({_NUM})", re.I),
@@ -44,8 +46,12 @@ def _letters_allowed(n_options: int | None) -> str:
 
 def extract_choice(text: str, n_options: int | None = None, options=()) -> str | None:
     allowed = _letters_allowed(n_options or len(options) or None)
-    for pattern in _CHOICE_PATTERNS:
-        # re.I is for the word "answer"; the letter itself must be written in upper case.
+    # re.I is for the word "answer"; the letter itself must be written in upper case.
+    stated = [(m.start(), m.group(1)) for pattern in _CHOICE_PATTERNS[:_N_STATEMENTS]
+              for m in pattern.finditer(text) if m.group(1).isupper() and m.group(1) in allowed]
+    if stated:
+        return max(stated, key=lambda hit: hit[0])[1]
+    for pattern in _CHOICE_PATTERNS[_N_STATEMENTS:]:
         hits = [m.group(1) for m in pattern.finditer(text)]
         hits = [h for h in hits if h.isupper() and h in allowed]
         if hits:
@@ -83,9 +89,10 @@ def normalize_number(raw: str) -> str | None:
     """'$1,234.00' -> '1234'; '3/4' -> '3/4'; '50%' -> '50'; returns None if not a number."""
     s = raw.strip().rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
     s = s.replace("\\%", "").rstrip("%").replace("\\$", "")
-    frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(-?\d+)\}", s)
+    frac = re.fullmatch(r"(-?)\\d?frac\{(-?\d+)\}\{(-?\d+)\}", s)
     if frac:
-        s = f"{frac.group(1)}/{frac.group(2)}"
+        sign = -1 if frac.group(1) else 1
+        s = f"{sign * int(frac.group(2))}/{frac.group(3)}"
     try:
         value = Fraction(s)
     except (ValueError, ZeroDivisionError):
@@ -94,18 +101,19 @@ def normalize_number(raw: str) -> str | None:
         return str(value.numerator)
     if "/" in s:
         return f"{value.numerator}/{value.denominator}"
-    return format(float(value), "g") if len(s) > 15 else s.rstrip("0").rstrip(".")
+    return format(float(value), ".15g") if len(s) > 15 else s.rstrip("0").rstrip(".")
 
 
 def extract_number(text: str) -> str | None:
     boxed = _last_boxed(text)
-    if boxed is not None:
+    if boxed:  # an empty \boxed{} states nothing
         norm = normalize_number(boxed)
         return norm if norm is not None else boxed.strip()
-    for pattern in _NUM_AFTER:
-        hits = pattern.findall(text)
+    # "####" first; then answer statements ("The answer is", "Answer:"), the last one in the text.
+    for patterns in (_NUM_AFTER[:1], _NUM_AFTER[1:]):
+        hits = sorted((m.start(), m.group(1)) for pattern in patterns for m in pattern.finditer(text))
         if hits:
-            norm = normalize_number(hits[-1])
+            norm = normalize_number(hits[-1][1])
             if norm is not None:
                 return norm
     hits = _ANY_NUM.findall(text)
@@ -127,11 +135,27 @@ def extract_answer(text: str, answer_type: AnswerType, options=()) -> str | None
         return extract_choice(text, options=options)
     if answer_type == "numeric":
         return extract_number(text)
-    m = re.search(r"answer\s+is\s*:?\s*(.+?)\s*(?:\.\s*)?$", text, re.I | re.M)
     boxed = _last_boxed(text)
-    if boxed is not None:
+    if boxed:
         return boxed
-    return m.group(1).strip() if m else text.strip().splitlines()[-1].strip()
+    return _stated_text(text)
+
+
+_STATED = re.compile(r"answer\s+is\s*:?[ \t]*", re.I)
+
+
+def _stated_text(text: str) -> str | None:
+    """Free-form answer: what follows the last 'The answer is' (a block when it starts on the
+    next line, else the rest of that line), or the last line of the reply."""
+    stated = list(_STATED.finditer(text))
+    if not stated:
+        return text.strip().splitlines()[-1].strip()
+    rest = text[stated[-1].end() :]
+    if rest.startswith("\n"):
+        block = rest.strip("\n").rstrip()
+        return block or None
+    line = rest.split("\n", 1)[0].strip()
+    return re.sub(r"\s*\.$", "", line) or None
 
 
 def _as_fraction(value: str) -> Fraction | None:

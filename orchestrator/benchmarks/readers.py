@@ -118,15 +118,16 @@ def read_jsonl(path: Path) -> list[Query]:
         qid = _require_str(path, where, item, "id", allow_number=True)
         question = _require_str(path, where, item, "question")
         gold = item.get("gold")
-        if gold is not None and not isinstance(gold, (str, int, float)):
+        if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
             raise _fail(path, where, "field 'gold' must be a string or a number")
+        gold = None if gold is None else str(gold)
         options = item.get("options") or ()
         if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options):
             raise _fail(path, where, "field 'options' must be a list of strings")
         if len(options) > 10:
             raise _fail(path, where, f"field 'options' has {len(options)} entries; at most 10 (A-J)")
         domain = item.get("domain")
-        meta = {k: item[k] for k in ("subject", "source") if k in item}
+        meta = {k: item[k] for k in ("subject", "source", "symbolic_moe") if k in item}
         queries.append(_make(qid, question, gold, options, domain, meta))
     return queries
 
@@ -134,6 +135,8 @@ def read_jsonl(path: Path) -> list[Query]:
 def detect_format(path: Path) -> str:
     with path.open(encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
+        if "\n" not in head:  # a first line longer than the read: take all of it
+            head += handle.readline()
     if not head:
         raise BenchmarkFormatError(f"{path}: the file is empty; it holds no questions.")
     if head.startswith("["):
