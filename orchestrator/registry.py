@@ -53,6 +53,7 @@ AGGREGATORS: Registry = Registry("aggregator")
 BACKENDS.register("fake", "orchestrator.backends.fake:FakeBackend")
 BACKENDS.register("transformers", "orchestrator.backends.transformers_backend:TransformersBackend")
 BACKENDS.register("openai_http", "orchestrator.backends.openai_http:OpenAIHTTPBackend")
+BACKENDS.register("replay", "orchestrator.backends.replay:ReplayBackend")
 
 ROUTERS.register("fixed", "orchestrator.routing.fixed:FixedRouter")
 ROUTERS.register("random", "orchestrator.routing.random:RandomRouter")

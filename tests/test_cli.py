@@ -118,7 +118,7 @@ def test_pools_check(fake_pool, tmp_path):
     bad = write_pool(tmp_path / "bad.yaml", [{"id": "a", "backend": "vlm"}])
     result = invoke("pools", "check", bad)
     assert result.exit_code == 2
-    assert "Unknown backend 'vlm'. Available: fake, openai_http, transformers" in result.output
+    assert "Unknown backend 'vlm'. Available: fake, openai_http, replay, transformers" in result.output
 
 
 def test_dry_run_on_the_shipped_demo(tmp_path):
