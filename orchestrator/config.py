@@ -90,6 +90,10 @@ class RoutingOptions(StrictModel):
     min_share: float = Field(default=0.05, ge=0, le=1)
     top_m: int = Field(default=3, ge=1, description="embedding annotator: skills per question")
     threshold: float = Field(default=0.15, ge=-1, le=1, description="embedding annotator: min cos")
+    adaptive_k: bool = Field(default=False, description="one expert when the leader is sure")
+    confidence: float = Field(default=0.8, ge=0, le=1, description="adaptive k: leader's bound")
+    z: float = Field(default=1.0, ge=0, description="adaptive k: standard errors below estimate")
+    max_experts: int | None = Field(default=None, ge=1, description="load-aware: distinct experts")
 
 
 class RunConfig(StrictModel):
@@ -119,6 +123,10 @@ class RunConfig(StrictModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         if "experts" in given and "k" not in given:
             data["k"] = None  # naming experts without --k means k = how many were named
+        routing = given.pop("routing", None)
+        if routing:
+            data["routing"] = {**data["routing"], **{k: v for k, v in routing.items()
+                                                     if v is not None}}
         data.update(given)
         return validate_model(RunConfig, data, "command-line options")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,15 @@ class RunResult:
     pool: PoolConfig
     k: int
     wall_s: float
+    stage_s: dict[str, float] = field(default_factory=dict)  # annotate_s, route_s
+
+    @property
+    def mean_k(self) -> float:
+        return sum(len(a.selection.experts) for a in self.answers) / max(1, len(self.answers))
+
+    @property
+    def distinct_experts(self) -> int:
+        return len({e for a in self.answers for e in a.selection.experts})
 
     @property
     def scored(self) -> list[Answer]:
@@ -126,6 +135,7 @@ class Orchestrator:
         if self.config.experts:
             check_experts(self.config.experts, pool)
         self.totals = ExecutionStats()
+        self.stage_s: dict[str, float] = {}
 
     @classmethod
     def from_files(
@@ -182,8 +192,13 @@ class Orchestrator:
         return QueryFeatures(skills, skill_ids, embeddings)
 
     def route(self, queries: Sequence[Query]) -> list[Selection]:
+        """Each query's experts; `stage_s` keeps the seconds of annotation and routing."""
+        start = time.perf_counter()
         features = self.features(queries) if self.router.needs_profile else None
-        return self.router.select(queries, self.k, features)
+        mid = time.perf_counter()
+        selections = self.router.select(queries, self.k, features)
+        self.stage_s = {"annotate_s": mid - start, "route_s": time.perf_counter() - mid}
+        return selections
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -245,7 +260,7 @@ class Orchestrator:
             ))
         self.totals.merge(stats)
         return RunResult(answers, stats, self.config, self.pool, self.k,
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, dict(self.stage_s))
 
     def run(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> list[Answer]:
         """Answers in input order."""

@@ -83,6 +83,8 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "correct": sum(bool(a.correct) for a in result.answers),
         "accuracy": None if acc is None else round(acc, 4),
         "k": result.k,
+        "mean_k": round(result.mean_k, 3),
+        "distinct_experts": result.distinct_experts,
         "router": result.config.router,
         "aggregator": result.config.aggregator,
         "executor": result.config.executor,
@@ -93,6 +95,9 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "backend_s": round(result.stats.backend_s, 3),
         "overhead_s": round(result.overhead_s, 3),
         "overhead_share": round(result.overhead_s / result.wall_s, 4) if result.wall_s else 0.0,
+        **{name: round(seconds, 4) for name, seconds in result.stage_s.items()},
+        "route_qps": (round(len(result.answers) / result.stage_s["route_s"])
+                      if result.stage_s.get("route_s") else None),
         **(extra or {}),
         "config": result.config.model_dump(mode="json"),
         "experts": expert_table(result),

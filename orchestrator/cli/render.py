@@ -30,11 +30,15 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
         f"{100 * acc:.2f}% ({summary['correct']}/{summary['n_scored']})"
     )
     return [
-        f"accuracy   {acc_text}   [router {summary['router']}, k={summary['k']}, "
+        f"accuracy   {acc_text}   [router {summary['router']}, k={summary['k']}"
+        + (f" (mean {summary['mean_k']:.2f})" if summary["mean_k"] != summary["k"] else "")
+        + f", {summary['distinct_experts']} experts used, "
         f"aggregator {summary['aggregator']}, executor {summary['executor']}]",
         f"loads      {summary['loads_total']}   errors {summary['errors']}   "
         f"wall {summary['wall_s']:.1f}s   orchestration overhead "
         f"{100 * summary['overhead_share']:.1f}%",
+        *([f"stages     annotate {summary['annotate_s']:.2f}s   route {summary['route_s']:.3f}s "
+           f"({summary['route_qps']:,} questions/s)"] if summary.get("route_qps") else []),
         f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",
     ] + evaluation_lines(summary.get("evaluation"))
 

@@ -19,7 +19,7 @@ def run(
     config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
-    router: Annotated[Optional[str], typer.Option(help="Router name (fixed, random).")] = None,
+    router: Annotated[Optional[str], typer.Option(help="Router: fixed, random, topk, knn, symbolic-moe.")] = None,
     experts: Annotated[Optional[str], typer.Option(help="Comma-separated expert ids for the router.")] = None,
     aggregator: Annotated[Optional[str], typer.Option(help="Aggregator name (vote, first).")] = None,
     executor: Annotated[Optional[str], typer.Option(help="grouped or naive.")] = None,
@@ -29,6 +29,9 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch backends.")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Skill profile JSON (for topk, knn, symbolic-moe).")] = None,
     annotator: Annotated[Optional[str], typer.Option(help="Skill annotator: embedding, llm or field.")] = None,
+    adaptive_k: Annotated[Optional[bool], typer.Option(help="Send a query to its leading expert alone when that one is confidently good.")] = None,
+    max_experts: Annotated[Optional[int], typer.Option(help="Load-aware: at most this many distinct experts for the whole batch.")] = None,
+    neighbors: Annotated[Optional[int], typer.Option(help="knn router: validation neighbours per query.")] = None,
     baselines: Annotated[Optional[bool], typer.Option(help="Also score every expert on every question (default: on for replay/fake pools).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
@@ -50,7 +53,8 @@ def run(
     overrides = dict(k=k, router=router, experts=split_ids(experts), aggregator=aggregator,
                      executor=executor, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
                      threads=threads, annotator=annotator,
-                     profile=str(profile) if profile else None)
+                     profile=str(profile) if profile else None,
+                     routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors))
     with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
                                  **overrides) as orch:
         orch.check()  # every model resolves before the first one loads

@@ -21,6 +21,8 @@ class RoutingGraph:
         self.stderr = profile.stderr.astype(np.float32)  # [E, S]
         self.scores = profile.scores.astype(np.float32)  # [E, S]
         self.accuracy = profile.accuracy.astype(np.float32)  # [E]
+        n = np.maximum(profile.n.astype(np.float32), 1)
+        self.global_stderr = np.sqrt(self.accuracy * (1 - self.accuracy) / n)  # [E]
         g = nx.DiGraph()
         for e, acc in zip(self.experts, self.accuracy):
             g.add_node(("expert", e), accuracy=float(acc))
@@ -41,12 +43,15 @@ class RoutingGraph:
                 m[i, list(ids)] = 1.0
         return m
 
-    def skill_estimates(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """[n, E] mean shrunken estimate over each query's skills (global accuracy if none)."""
+    def skill_estimates(self, skill_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """[n, E] mean shrunken estimate over each query's skills (global accuracy if none),
+        and the mean standard error of those estimates (the global one if none)."""
         m = self.membership(skill_ids)
         n_sk = m.sum(axis=1, keepdims=True)
         est = (m @ self.estimate.T) / np.maximum(n_sk, 1)
-        return np.where(n_sk > 0, est, self.accuracy[None, :])
+        se = (m @ self.stderr.T) / np.maximum(n_sk, 1)
+        return (np.where(n_sk > 0, est, self.accuracy[None, :]),
+                np.where(n_sk > 0, se, self.global_stderr[None, :]))
 
     def evidence(self, skill_ids: Sequence[int], expert: str) -> list[dict]:
         out = []

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
-from .topk import top_k
+from .policy import Policy, choose
 
 
 class KnnRouter(RouterBase):
@@ -45,7 +45,8 @@ class KnnRouter(RouterBase):
                features: QueryFeatures | None = None) -> list[Selection]:
         check_k(k, self.pool)
         est, nbrs = self.estimates(np.asarray(features.embeddings, dtype=np.float32))
-        chosen = top_k(est, k)
+        stderr = np.sqrt(est * (1 - est) / (self.neighbors + self.shrinkage))
+        chosen = choose(est, stderr, Policy.from_config(k, self.config.routing))
         experts, val_ids = self.profile.experts, self.profile.val_ids
         out = []
         for i, q in enumerate(queries):

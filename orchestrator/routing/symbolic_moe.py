@@ -6,9 +6,13 @@ Per query q with skills K(q) and expert e:
                  (strength = the expert's scores summed over all skills)
   p(e | q)     proportional to max(local[q, e], 0) * global[e]  (global alone if all are 0)
 k experts are sampled from p with replacement (seeded per query id, so a duplicate expert votes
-twice, as in the paper). Option `replace_rare`: experts drawn for less than `min_share` of the
-batch's draws are replaced by the query's most probable frequent expert, so that the batch loads
-fewer models (the paper's frequency threshold, 5%).
+twice, as in the paper).
+
+Options: adaptive k (a query whose best expert by the profile's per-skill estimates is
+confidently good goes to it alone); load-aware assignment (draws only from the subset of
+`max_experts` experts that best covers the batch); `replace_rare`: experts drawn for less than
+`min_share` of the batch's draws are replaced by the query's most probable frequent expert, so
+that the batch loads fewer models (the paper's frequency threshold, 5%).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
+from .policy import choose_subset
 
 
 class SymbolicMoERouter(RouterBase):
@@ -51,11 +56,29 @@ class SymbolicMoERouter(RouterBase):
                features: QueryFeatures | None = None) -> list[Selection]:
         check_k(k, self.pool)
         p = self.probabilities(features.skill_ids)
+        opts = self.config.routing
+        if opts.max_experts is not None:  # load-aware: draw only from the best-covering subset
+            keep = choose_subset(p, k, opts.max_experts)
+            mask = np.zeros(p.shape[1], dtype=bool)
+            mask[keep] = True
+            p = np.where(mask[None, :], p, 0.0)
+            p = np.where(p.sum(axis=1, keepdims=True) > 0, p, mask[None, :].astype(float))
+            p = p / p.sum(axis=1, keepdims=True)
+        sizes = [k] * len(queries)
+        if opts.adaptive_k and k > 1:  # a sure leader answers alone
+            est, se = self.graph.skill_estimates(features.skill_ids)
+            lead = np.argmax(np.where(p > 0, est, -1.0), axis=1)
+            rows = np.arange(len(queries))
+            sure = est[rows, lead] - opts.z * se[rows, lead] >= opts.confidence
+            sizes = [1 if s else k for s in sure]
         experts = self.graph.experts
         draws = []
         for i, q in enumerate(queries):
             rng = random.Random(f"{self.config.seed}:{q.id}")
-            draws.append(rng.choices(range(len(experts)), weights=p[i].tolist(), k=k))
+            if sizes[i] == 1:
+                draws.append([int(lead[i])])
+            else:
+                draws.append(rng.choices(range(len(experts)), weights=p[i].tolist(), k=k))
         if self.replace_rare and len(queries) > 1:
             share = Counter(j for d in draws for j in d)
             total = sum(share.values())

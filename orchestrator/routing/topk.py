@@ -5,17 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """[n, E] -> [n, k] column indices, best first (ties: lower index first)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return order[:, :k]
+from .policy import Policy, choose
 
 
 class TopKRouter(RouterBase):
@@ -29,8 +22,8 @@ class TopKRouter(RouterBase):
     def select(self, queries: Sequence[Query], k: int,
                features: QueryFeatures | None = None) -> list[Selection]:
         check_k(k, self.pool)
-        est = self.graph.skill_estimates(features.skill_ids)  # [n, E]
-        chosen = top_k(est, k)
+        est, stderr = self.graph.skill_estimates(features.skill_ids)  # [n, E] each
+        chosen = choose(est, stderr, Policy.from_config(k, self.config.routing))
         experts = self.graph.experts
         out = []
         for i, q in enumerate(queries):

@@ -86,7 +86,8 @@ KEYWORD_PROMPT = (
 
 def parse_keywords(text: str) -> list[str]:
     text = re.sub(r"(?i)^\s*keywords?\s*:", "", text.strip())
-    parts = re.split(r"[,\n;]|\s\d+\.\s|^\d+\.\s", text)
+    parts = re.split(r"[,\n;]|\s(?=\d+[.)]\s)", text)
+    parts = [re.sub(r"^\s*(?:\d+[.)]|[-*\u2022])\s+", "", p) for p in parts]  # "2. x", "- x"
     return [k for k in (normalize_skill(p) for p in parts) if k]
 
 
@@ -112,7 +113,7 @@ class LLMAnnotator:
 
     def filter(self, samples: Sequence[Sequence[str]]) -> tuple[str, ...]:
         """Keep keywords of at most `max_chars` that appear in at least `min_count` samples."""
-        counts = Counter(k for sample in samples for k in set(sample))
+        counts = Counter(k for sample in samples for k in dict.fromkeys(sample))  # ties: first seen
         return tuple(k for k, c in counts.most_common()
                      if c >= self.min_count and len(k) <= self.max_chars)
 

@@ -1,0 +1,97 @@
+"""The skill profile: its numbers on a world where they are known, storage, and validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import ConfigError, UnknownNameError
+from orchestrator.profiling import build_profile
+from orchestrator.profiling.profile import Profile
+from orchestrator.skills import FieldAnnotator
+
+from .conftest import write_pool
+from .routing_fixtures import orchestrator, queries, write_world
+
+
+@pytest.fixture
+def world(tmp_path):
+    _, pool = write_world(tmp_path)
+    with orchestrator(pool, router="fixed", k=1) as orch:
+        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+    return profile, pool
+
+
+def test_profile_counts_scores_and_shrunken_estimates(world):
+    profile, _ = world
+    assert profile.experts == ["mathy", "histy", "meh"]
+    assert profile.skills == ["history", "math"]
+    np.testing.assert_array_equal(profile.counts, [[4, 4]] * 3)
+    np.testing.assert_array_equal(profile.correct, [[0, 4], [4, 0], [1, 2]])
+    np.testing.assert_array_equal(profile.scores, [[-4, 4], [4, -4], [-2, 0]])  # +1 / -1 each
+    np.testing.assert_allclose(profile.accuracy, [0.5, 0.5, 3 / 8])
+    np.testing.assert_array_equal(profile.strength, [0, 0, -2])
+    # (correct + m * global accuracy) / (count + m), m = 10
+    np.testing.assert_allclose(profile.estimate[0], [5 / 14, 9 / 14])
+    np.testing.assert_allclose(profile.estimate[2], [(1 + 3.75) / 14, (2 + 3.75) / 14])
+    assert (profile.stderr > 0).all() and (profile.stderr < 0.2).all()
+    assert profile.val_correct[:, 0].tolist() == [True] * 4 + [False] * 4
+    assert profile.val_skills == [(1,)] * 4 + [(0,)] * 4
+
+
+def test_profile_round_trip_keeps_numbers_and_writes_compact_arrays(world, tmp_path):
+    profile, pool = world
+    path = profile.save(tmp_path / "prof" / "p.json")
+    doc = json.loads(path.read_text())
+    assert doc["kind"] == "orchestrator-skill-profile" and doc["version"] == 1
+    math = doc["experts"]["mathy"]["skills"]["math"]
+    assert math == {"count": 4, "correct": 4, "score": 4, "estimate": round(9 / 14, 4),
+                    "stderr": math["stderr"]}
+    assert doc["arrays"] == "p.npz" and (tmp_path / "prof" / "p.npz").is_file()
+    assert "val_emb" not in path.read_text()  # embeddings live in the .npz, not in JSON
+    loaded = Profile.load(path, ["mathy", "histy", "meh", "other"])
+    for name in ("counts", "correct", "n", "n_correct", "val_correct"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(profile, name))
+    np.testing.assert_allclose(loaded.val_emb, profile.val_emb, atol=1e-3)  # stored as float16
+    assert loaded.val_skills == profile.val_skills and loaded.val_ids == profile.val_ids
+
+
+def test_profile_with_an_expert_missing_from_the_pool_is_rejected(world, tmp_path):
+    profile, _ = world
+    path = profile.save(tmp_path / "p.json")
+    with pytest.raises(UnknownNameError) as info:
+        Profile.load(path, ["mathy", "histy", "mehh"])
+    message = str(info.value)
+    assert "Unknown expert 'meh'" in message and "Did you mean 'mehh'" in message
+    assert "build the profile with this pool" in message
+    small = write_pool(tmp_path / "small.yaml", [
+        {"id": "mathy", "backend": "replay", "model": "mathy",
+         "options": {"recordings": "world.jsonl"}}], name="small")
+    with pytest.raises(UnknownNameError, match="scores experts that the pool does not have"):
+        orchestrator(small, router="topk", k=1, profile=str(path))
+
+
+def test_profile_version_and_kind_are_checked(world, tmp_path):
+    profile, _ = world
+    path = profile.save(tmp_path / "p.json")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "version": 99}))
+    with pytest.raises(ConfigError, match="version 99; this orchestrator reads version 1"):
+        Profile.load(path)
+    path.write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(ConfigError, match="is not a skill profile"):
+        Profile.load(path)
+    with pytest.raises(ConfigError, match="does not exist. Build one with"):
+        Profile.load(tmp_path / "absent.json")
+
+
+def test_profile_needs_gold_answers(tmp_path):
+    from orchestrator.types import Query
+
+    _, pool = write_world(tmp_path)
+    with orchestrator(pool, router="fixed", k=1) as orch, \
+            pytest.raises(ConfigError, match="1 validation questions have no gold"):
+        build_profile(orch, [Query("math-0", "Add 2 and 3", None)], FieldAnnotator(),
+                      orch.embedder)

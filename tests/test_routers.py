@@ -1,0 +1,123 @@
+"""Each profile router's choices on the tiny world, plus adaptive k and load-aware assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.profiling import build_profile
+from orchestrator.routing.base import QueryFeatures
+from orchestrator.routing.policy import Policy, choose, choose_subset
+from orchestrator.skills import FieldAnnotator
+from orchestrator.types import Query
+
+from .routing_fixtures import orchestrator, queries, write_world
+
+NEW = [Query("n-math", "What is the sum of the numbers 9 and 9?", "18", domain="math",
+             answer_type="numeric"),
+       Query("n-hist", "Which empire lost the battle?", "7", domain="history",
+             answer_type="numeric")]
+
+
+@pytest.fixture
+def world(tmp_path):
+    _, pool = write_world(tmp_path)
+    with orchestrator(pool, router="fixed", k=1) as orch:
+        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+    path = profile.save(tmp_path / "world-profile.json")
+    return pool, str(path)
+
+
+def route(pool, profile, router, k, queries_=NEW, annotator="field", **routing):
+    with orchestrator(pool, router=router, k=k, profile=profile, annotator=annotator,
+                      routing=routing or None) as orch:
+        return orch.route(queries_)
+
+
+@pytest.mark.parametrize("router", ["topk", "knn"])
+def test_profile_routers_send_each_question_to_its_specialist(world, router):
+    pool, profile = world
+    math, hist = route(*world, router, 2, neighbors=4)
+    assert math.experts == ("mathy", "meh") and hist.experts == ("histy", "mathy")
+    assert math.scores[0] > math.scores[1]
+    assert math.evidence["skills"] == ["math"]
+
+
+def test_knn_reads_the_text_not_the_domain_field(world):
+    pool, profile = world
+    mislabelled = [Query("x", "What is the sum of the numbers 9 and 9?", "18", domain="history")]
+    (sel,) = route(pool, profile, "knn", 1, mislabelled, annotator="embedding", neighbors=4)
+    assert sel.experts == ("mathy",)
+    assert len(set(sel.evidence["neighbors"]) & {f"math-{i}" for i in range(4)}) >= 3
+
+
+def test_topk_evidence_names_the_profile_edges(world):
+    (math, _) = route(*world, "topk", 1)
+    (edge,) = math.evidence["profile"]["mathy"]
+    assert edge["skill"] == "math" and edge["count"] == 4 and edge["score"] == 4
+
+
+def test_symbolic_moe_samples_only_positive_local_scores_and_is_reproducible(world):
+    pool, profile = world
+    first = route(pool, profile, "symbolic-moe", 3)
+    again = route(pool, profile, "symbolic-moe", 3)
+    assert [s.experts for s in first] == [s.experts for s in again]
+    math, hist = first
+    assert math.experts == ("mathy",) * 3  # histy (-4) and meh (0) have no positive weight
+    assert hist.experts == ("histy",) * 3
+
+
+def direct(pool, profile, router, seed=0, **routing):
+    """A router built directly, to route with hand-made features."""
+    from orchestrator.config import RunConfig, load_pool
+    from orchestrator.profiling.profile import Profile
+    from orchestrator.registry import ROUTERS
+
+    config = RunConfig(router=router, seed=seed, routing=routing)
+    return ROUTERS.get(router)(load_pool(pool), config, profile=Profile.load(profile))
+
+
+def test_symbolic_moe_seed_changes_the_draws_only_where_there_is_a_choice(world):
+    pool, profile = world
+    mixed = [Query(f"m{i}", f"Question {i}", "1") for i in range(40)]
+    no_skills = QueryFeatures([()] * 40, [()] * 40)  # global weights alone
+    draws = {seed: [s.experts for s in direct(pool, profile, "symbolic-moe", seed).select(
+        mixed, 3, no_skills)] for seed in (0, 1)}
+    again = [s.experts for s in direct(pool, profile, "symbolic-moe", 0).select(mixed, 3, no_skills)]
+    assert draws[0] == again and draws[1] != draws[0]
+    used = [e for sel in draws[1] for e in sel]
+    # strength 0, 0, -2 at temperature 0.5: meh is drawn, but less often than each other one
+    assert used.count("meh") < min(used.count("mathy"), used.count("histy"))
+    assert used.count("meh") > 0
+
+
+def test_adaptive_k_sends_a_sure_question_to_one_expert(world):
+    pool, profile = world
+    feats = QueryFeatures([("math",), ("history",), ()], [(1,), (0,), ()])
+    qs = [Query(f"q{i}", "?", "1") for i in range(3)]
+    router = direct(pool, profile, "topk", adaptive_k=True, confidence=0.6, z=0.0)
+    assert [len(s.experts) for s in router.select(qs, 3, feats)] == [1, 1, 3]
+    strict = direct(pool, profile, "topk", adaptive_k=True, confidence=0.6, z=3.0)
+    assert [len(s.experts) for s in strict.select(qs, 3, feats)] == [3, 3, 3]
+    smoe = direct(pool, profile, "symbolic-moe", adaptive_k=True, confidence=0.6, z=0.0)
+    assert [s.experts for s in smoe.select(qs, 3, feats)][:2] == [("mathy",), ("histy",)]
+
+
+def test_load_aware_cap_limits_distinct_experts_per_batch(world):
+    pool, profile = world
+    batch = NEW
+    free = route(pool, profile, "knn", 1, batch, neighbors=4)
+    assert {s.experts[0] for s in free} == {"mathy", "histy"}
+    capped = route(pool, profile, "knn", 1, batch, neighbors=4, max_experts=1)
+    assert len({s.experts[0] for s in capped}) == 1
+
+
+def test_choose_subset_maximises_the_batch_total():
+    est = np.array([[0.9, 0.1, 0.5, 0.2], [0.1, 0.9, 0.5, 0.2], [0.8, 0.2, 0.4, 0.9]])
+    assert choose_subset(est, 1, 2).tolist() == [0, 1]  # 0.9 + 0.9 + 0.8
+    assert choose_subset(est, 1, 4).tolist() == [0, 1, 2, 3]
+    picks = choose(est, None, Policy(k=2, max_experts=3))
+    assert all(set(p) <= {0, 1, 2} for p in picks)  # best 3-subset for top-2 sums (4.0)
+    many = np.random.default_rng(0).random((50, 30))  # too many subsets: greedy with swaps
+    subset = choose_subset(many, 2, 5)
+    assert len(subset) == 5 and len(set(subset.tolist())) == 5
