@@ -96,10 +96,16 @@ class RoutingOptions(StrictModel):
     max_experts: int | None = Field(default=None, ge=1, description="load-aware: distinct experts")
 
 
+# The router `auto` picks when a profile is given: the best one measured on the replay pools
+# (benchmarks/replay_quality.py).
+PROFILE_ROUTER = "knn"
+
+
 class RunConfig(StrictModel):
     """A run preset (`configs/*.yaml`); CLI flags override single fields."""
 
-    router: str = "fixed"
+    router: str = Field(default="auto", description="auto: the best profile router when a "
+                        "profile is given (PROFILE_ROUTER), else fixed")
     experts: list[ExpertId] | None = None
     k: int | None = Field(default=None, ge=1)
     aggregator: str = "vote"
@@ -129,6 +135,12 @@ class RunConfig(StrictModel):
                                                      if v is not None}}
         data.update(given)
         return validate_model(RunConfig, data, "command-line options")
+
+    def resolved(self) -> RunConfig:
+        """The same preset with `router: auto` replaced by the router it stands for."""
+        if self.router != "auto":
+            return self
+        return self.model_copy(update={"router": PROFILE_ROUTER if self.profile else "fixed"})
 
     def effective_k(self) -> int:
         if self.k is not None:

@@ -101,7 +101,7 @@ class Orchestrator:
         dry_run: bool = False,
     ):
         self.pool = pool
-        self.config = config or RunConfig()
+        self.config = (config or RunConfig()).resolved()
         specs = pool.specs()
         if dry_run:  # every expert answers from the fake backend: no model is loaded
             specs = {k: ExpertSpec(id=s.id, backend="fake", model=s.model,

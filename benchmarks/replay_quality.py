@@ -1,0 +1,172 @@
+"""Routing quality on recorded answers of real LLMs (issue 3's targets), in one go.
+
+Profiles every replay pool on ../shared/data/replay/mmlu_pro_replay_profile.jsonl (cached under
+runs/replay-profiles/, rebuilt when missing), routes the 2,090 test questions from their text
+only (no domain or subject at routing time), k=3, vote aggregation, and prints one table:
+router x pool -> accuracy, mean k, distinct experts, wall seconds, routing questions/s. Also:
+the paper-faithful setting (symbolic-moe on a profile of the 348 items of Symbolic-MoE's own
+validation split), adaptive k and load-aware rows, the reference points (best single expert,
+majority of all, oracle), and the full `orchestrate run` of the default router as a user runs
+it (a fresh process, a cold embedding cache, the profile cached).
+
+Targets: 13-model pool >= 52.0%, 28-model pool >= 73.5%; the full run <= 45 s; routing
+>= 20,000 questions/s.
+
+    .venv/bin/python benchmarks/replay_quality.py [--quick] [--skip-cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator import Orchestrator  # noqa: E402
+from orchestrator.benchmarks.readers import read_benchmark  # noqa: E402
+from orchestrator.evaluation import all_expert_answers  # noqa: E402
+from orchestrator.profiling import build_profile  # noqa: E402
+from orchestrator.profiling.profile import Profile  # noqa: E402
+from orchestrator.skills import DEFAULT_VOCABULARY, load_vocabulary  # noqa: E402
+
+REPLAY = ROOT.parent / "shared" / "data" / "replay"
+PROFILE_DATA = REPLAY / "mmlu_pro_replay_profile.jsonl"
+TEST_DATA = REPLAY / "mmlu_pro_replay_test.jsonl"
+POOLS = {"small (13)": ROOT / "pools" / "replay-mmlu-pro-small.yaml",
+         "all (28)": ROOT / "pools" / "replay-mmlu-pro-all.yaml"}
+CACHE = ROOT / "runs" / "replay-profiles"
+TARGETS = {"small (13)": 0.52, "all (28)": 0.735}
+
+
+def profile_for(pool: Path, split: str | None = None) -> Path:
+    """Build (or reuse) the embedding-annotated profile of a pool."""
+    name = pool.stem + (f"-{split}" if split else "")
+    path = CACHE / f"{name}.json"
+    if path.is_file():
+        return path
+    queries = read_benchmark(PROFILE_DATA)
+    if split:
+        queries = [q for q in queries
+                   if any(t.get("split") == split for t in q.meta.get("symbolic_moe") or [])]
+    start = time.perf_counter()
+    with Orchestrator.from_files(pool, router="fixed", k=1, threads=2) as orch:
+        prof = build_profile(orch, queries, orch.annotator, orch.embedder,
+                             vocabulary=load_vocabulary(DEFAULT_VOCABULARY).skills)
+    prof.meta.update({"data": "mmlu_pro_replay_profile.jsonl", "split": split})
+    prof.save(path)
+    print(f"  built {path.relative_to(ROOT)} on {len(queries)} questions "
+          f"in {time.perf_counter() - start:.0f}s", flush=True)
+    return path
+
+
+def measure(pool: Path, profile: Path, queries, router: str, **routing) -> dict:
+    start = time.perf_counter()
+    with Orchestrator.from_files(pool, router=router, k=3, profile=str(profile), threads=2,
+                                 routing=routing or None) as orch:
+        result = orch.evaluate(queries)
+    return {
+        "accuracy": result.accuracy, "mean_k": result.mean_k,
+        "distinct": result.distinct_experts, "wall_s": time.perf_counter() - start,
+        "route_qps": len(queries) / max(result.stage_s["route_s"], 1e-9),
+    }
+
+
+def references(pool: Path, queries) -> dict:
+    from orchestrator.aggregation.vote import majority
+    from orchestrator.benchmarks.extract import is_correct
+
+    with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
+        experts, correct, answers = all_expert_answers(orch, queries)
+    votes = [majority(row)[0] for row in answers]
+    vote = sum(bool(is_correct(v, q.gold, q.answer_type)) for v, q in zip(votes, queries))
+    per_expert = correct.mean(axis=0)
+    return {"best_single": float(per_expert.max()), "majority_all": vote / len(queries),
+            "oracle": float(correct.any(axis=1).mean())}
+
+
+def cli_run(pool: Path, profile: Path) -> dict:
+    """`orchestrate run` as a user runs it: a new process, no embedding cache, profile cached."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "ORCHESTRATOR_CACHE": str(Path(tmp) / "cache")}
+        out = Path(tmp) / "out"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "orchestrate"), "run", str(TEST_DATA), "--pool",
+             str(pool), "--profile", str(profile), "--k", "3", "--out", str(out),
+             "--no-progress", "--no-baselines"],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(f"orchestrate run failed:\n{proc.stderr[-2000:]}")
+        summary = json.loads((out / "summary.json").read_text())
+    return {"wall_s": wall, "accuracy": summary["accuracy"], "router": summary["router"],
+            "annotate_s": summary.get("annotate_s"), "route_qps": summary.get("route_qps")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Only the default router rows.")
+    parser.add_argument("--skip-cli", action="store_true", help="Skip the full CLI run timing.")
+    args = parser.parse_args()
+    if not TEST_DATA.is_file():
+        raise SystemExit(f"needs the replay data in {REPLAY}")
+    os.chdir(ROOT)  # the pools' recordings are relative to the project root
+    from orchestrator.config import PROFILE_ROUTER as default_router
+    queries = read_benchmark(TEST_DATA)
+    rows = []
+    print("profiles (cached in runs/replay-profiles/):", flush=True)
+    profiles = {name: profile_for(pool) for name, pool in POOLS.items()}
+    paper_profile = profile_for(POOLS["small (13)"], split="train")
+    routers = ["knn"] if args.quick else ["knn", "topk", "symbolic-moe", "random"]
+    for name, pool in POOLS.items():
+        ref = references(pool, queries)
+        rows.append((name, "best single expert", ref["best_single"], 1, 1, None, None))
+        rows.append((name, "majority of all", ref["majority_all"], len(Profile.load(
+            profiles[name]).experts), None, None, None))
+        rows.append((name, "oracle", ref["oracle"], None, None, None, None))
+        for router in routers:
+            m = measure(pool, profiles[name], queries, router)
+            rows.append((name, router, m["accuracy"], m["mean_k"], m["distinct"], m["wall_s"],
+                         m["route_qps"]))
+        if not args.quick:
+            for label, routing in (("knn + adaptive k", {"adaptive_k": True}),
+                                   ("knn, max 4 experts", {"max_experts": 4}),
+                                   ("symbolic-moe, replace rare", {"replace_rare": True})):
+                router = label.split(",")[0].split(" +")[0]
+                m = measure(pool, profiles[name], queries, router, **routing)
+                rows.append((name, label, m["accuracy"], m["mean_k"], m["distinct"], m["wall_s"],
+                             m["route_qps"]))
+    m = measure(POOLS["small (13)"], paper_profile, queries, "symbolic-moe")
+    rows.append(("small (13)", "symbolic-moe, paper split (348)", m["accuracy"], m["mean_k"],
+                 m["distinct"], m["wall_s"], m["route_qps"]))
+
+    print(f"\n{'pool':<11} {'router':<34} {'accuracy':>9} {'mean k':>7} {'experts':>8} "
+          f"{'wall s':>7} {'route q/s':>10}")
+    for pool, router, acc, mean_k, distinct, wall, qps in rows:
+        cells = [f"{100 * acc:8.2f}%", "-" if mean_k is None else f"{mean_k:.2f}",
+                 "-" if distinct is None else str(distinct),
+                 "-" if wall is None else f"{wall:.2f}", "-" if qps is None else f"{qps:,.0f}"]
+        print(f"{pool:<11} {router:<34} {cells[0]:>9} {cells[1]:>7} {cells[2]:>8} "
+              f"{cells[3]:>7} {cells[4]:>10}")
+    for name, target in TARGETS.items():
+        got = next(r[2] for r in rows if r[0] == name and r[1] == default_router)
+        print(f"target {name}: {default_router} {100 * got:.2f}% vs >= {100 * target:.1f}% "
+              f"-> {'met' if got >= target else 'NOT met'}")
+    if not args.skip_cli:
+        run = cli_run(POOLS["small (13)"], profiles["small (13)"])
+        print(f"full `orchestrate run` (13 pool, {run['router']}, cold embedding cache): "
+              f"{run['wall_s']:.1f}s wall (target <= 45 s), annotate {run['annotate_s']:.1f}s, "
+              f"routing {run['route_qps']:,} questions/s (target >= 20,000), "
+              f"accuracy {100 * run['accuracy']:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
