@@ -125,7 +125,8 @@ def main() -> None:
     print("profiles (cached in runs/replay-profiles/):", flush=True)
     profiles = {name: profile_for(pool) for name, pool in POOLS.items()}
     paper_profile = profile_for(POOLS["small (13)"], split="train")
-    routers = ["knn"] if args.quick else ["knn", "topk", "symbolic-moe", "random"]
+    routers = [default_router] if args.quick else [
+        "ensemble", "knn", "topk", "symbolic-moe", "random"]
     for name, pool in POOLS.items():
         ref = references(pool, queries)
         rows.append((name, "best single expert", ref["best_single"], 1, 1, None, None))
@@ -137,7 +138,9 @@ def main() -> None:
             rows.append((name, router, m["accuracy"], m["mean_k"], m["distinct"], m["wall_s"],
                          m["route_qps"]))
         if not args.quick:
-            for label, routing in (("knn + adaptive k", {"adaptive_k": True}),
+            for label, routing in (("ensemble + adaptive k", {"adaptive_k": True}),
+                                   ("ensemble, max 4 experts", {"max_experts": 4}),
+                                   ("knn + adaptive k", {"adaptive_k": True}),
                                    ("knn, max 4 experts", {"max_experts": 4}),
                                    ("symbolic-moe, replace rare", {"replace_rare": True})):
                 router = label.split(",")[0].split(" +")[0]

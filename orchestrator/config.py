@@ -94,11 +94,13 @@ class RoutingOptions(StrictModel):
     confidence: float = Field(default=0.8, ge=0, le=1, description="adaptive k: leader's bound")
     z: float = Field(default=1.0, ge=0, description="adaptive k: standard errors below estimate")
     max_experts: int | None = Field(default=None, ge=1, description="load-aware: distinct experts")
+    candidates: int = Field(default=8, ge=1, description="ensemble: experts its tuples draw from")
+    ensemble_shrinkage: float = Field(default=100.0, ge=0, description="ensemble: prior weight")
 
 
 # The router `auto` picks when a profile is given: the best one measured on the replay pools
 # (benchmarks/replay_quality.py).
-PROFILE_ROUTER = "knn"
+PROFILE_ROUTER = "ensemble"
 
 
 class RunConfig(StrictModel):

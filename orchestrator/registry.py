@@ -60,6 +60,7 @@ ROUTERS.register("random", "orchestrator.routing.random:RandomRouter")
 ROUTERS.register("topk", "orchestrator.routing.topk:TopKRouter")
 ROUTERS.register("knn", "orchestrator.routing.knn:KnnRouter")
 ROUTERS.register("symbolic-moe", "orchestrator.routing.symbolic_moe:SymbolicMoERouter")
+ROUTERS.register("ensemble", "orchestrator.routing.ensemble:EnsembleRouter")
 
 AGGREGATORS.register("first", "orchestrator.aggregation.first:FirstAggregator")
 AGGREGATORS.register("vote", "orchestrator.aggregation.vote:VoteAggregator")

@@ -39,20 +39,23 @@ def test_profile_counts_scores_and_shrunken_estimates(world):
     assert (profile.stderr > 0).all() and (profile.stderr < 0.2).all()
     assert profile.val_correct[:, 0].tolist() == [True] * 4 + [False] * 4
     assert profile.val_skills == [(1,)] * 4 + [(0,)] * 4
+    # answer codes for vote-aware routing: 1 = the gold, 2+ = one code per distinct wrong answer
+    assert profile.val_answers[:, 0].tolist() == [1] * 4 + [2] * 4
+    assert profile.val_answers[:, 2].tolist() == [1, 1, 2, 2, 1, 2, 2, 2]
 
 
 def test_profile_round_trip_keeps_numbers_and_writes_compact_arrays(world, tmp_path):
     profile, pool = world
     path = profile.save(tmp_path / "prof" / "p.json")
     doc = json.loads(path.read_text())
-    assert doc["kind"] == "orchestrator-skill-profile" and doc["version"] == 1
+    assert doc["kind"] == "orchestrator-skill-profile" and doc["version"] == 2
     math = doc["experts"]["mathy"]["skills"]["math"]
     assert math == {"count": 4, "correct": 4, "score": 4, "estimate": round(9 / 14, 4),
                     "stderr": math["stderr"]}
     assert doc["arrays"] == "p.npz" and (tmp_path / "prof" / "p.npz").is_file()
     assert "val_emb" not in path.read_text()  # embeddings live in the .npz, not in JSON
     loaded = Profile.load(path, ["mathy", "histy", "meh", "other"])
-    for name in ("counts", "correct", "n", "n_correct", "val_correct"):
+    for name in ("counts", "correct", "n", "n_correct", "val_correct", "val_answers"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(profile, name))
     np.testing.assert_allclose(loaded.val_emb, profile.val_emb, atol=1e-3)  # stored as float16
     assert loaded.val_skills == profile.val_skills and loaded.val_ids == profile.val_ids
@@ -78,7 +81,7 @@ def test_profile_version_and_kind_are_checked(world, tmp_path):
     path = profile.save(tmp_path / "p.json")
     doc = json.loads(path.read_text())
     path.write_text(json.dumps({**doc, "version": 99}))
-    with pytest.raises(ConfigError, match="version 99; this orchestrator reads version 1"):
+    with pytest.raises(ConfigError, match="version 99; this orchestrator reads version 2"):
         Profile.load(path)
     path.write_text(json.dumps({"kind": "something else"}))
     with pytest.raises(ConfigError, match="is not a skill profile"):

@@ -121,3 +121,76 @@ def test_choose_subset_maximises_the_batch_total():
     many = np.random.default_rng(0).random((50, 30))  # too many subsets: greedy with swaps
     subset = choose_subset(many, 2, 5)
     assert len(subset) == 5 and len(set(subset.tolist())) == 5
+
+
+def clone_world_profile():
+    """a1 and a2 always answer alike (acc .60); b and c are weaker (.55) but right elsewhere:
+    the best vote is (a1, b, c) at .85, while the top-3 individuals (a1, a2, b) vote at .60."""
+    from orchestrator.profiling.profile import Profile
+
+    n = 20
+    right = {"a1": set(range(12)), "a2": set(range(12)),
+             "b": set(range(6)) | set(range(12, 17)), "c": set(range(6, 17))}
+    experts = list(right)
+    codes = np.zeros((n, 4), dtype=np.int16)
+    for j, e in enumerate(experts):
+        wrong_code = {"a1": 2, "a2": 2, "b": 3, "c": 4}[e]
+        codes[:, j] = [1 if i in right[e] else wrong_code for i in range(n)]
+    correct = codes == 1
+    return Profile(
+        pool="clones", annotator={"name": "field"}, experts=experts, skills=["general"],
+        counts=np.full((4, 1), n), correct=correct.sum(0)[:, None], n=np.full(4, n),
+        n_correct=correct.sum(0), skill_emb=np.ones((1, 2), np.float32),
+        val_ids=[f"v{i}" for i in range(n)], val_emb=np.ones((n, 2), np.float32) / np.sqrt(2),
+        val_correct=correct, val_skills=[(0,)] * n, val_answers=codes,
+    )
+
+
+def test_ensemble_router_picks_the_best_voting_set_not_the_best_individuals(tmp_path):
+    from orchestrator.config import RunConfig
+    from orchestrator.routing.ensemble import EnsembleRouter
+    from orchestrator.routing.topk import TopKRouter
+
+    from .conftest import write_pool
+
+    pool_path = write_pool(tmp_path / "p.yaml", [{"id": e, "backend": "fake"}
+                                                 for e in ("a1", "a2", "b", "c")])
+    from orchestrator.config import load_pool
+
+    pool, profile = load_pool(pool_path), clone_world_profile()
+    feats = QueryFeatures([("general",)], [(0,)])
+    q = [Query("q", "?")]
+    (top,) = TopKRouter(pool, RunConfig(k=3), profile).select(q, 3, feats)
+    assert set(top.experts) == {"a1", "a2", "b"} or set(top.experts) == {"a1", "a2", "c"}
+    (ens,) = EnsembleRouter(pool, RunConfig(k=3), profile).select(q, 3, feats)
+    assert set(ens.experts) == {"a1", "b", "c"}
+    assert ens.evidence["ensemble_estimate"] > 0.7  # shrunk toward .85 from the skill's own .85
+
+
+def test_vote_correct_matches_the_vote_aggregator():
+    from orchestrator.aggregation.vote import majority
+    from orchestrator.routing.ensemble import vote_correct
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 5, size=(300, 5)).astype(np.int16)  # 0 none, 1 right, 2-4 wrong
+    tuples = np.array([[0, 1, 2], [2, 1, 0], [4, 3, 1], [0, 3, 4]])
+    got = vote_correct(codes, tuples)
+    for i in range(len(codes)):
+        for t, tup in enumerate(tuples):
+            answers = [None if codes[i, j] == 0 else str(codes[i, j]) for j in tup]
+            assert got[i, t] == (majority(answers)[0] == "1")
+
+
+def test_ensemble_needs_a_profile_with_answers(tmp_path):
+    from orchestrator.config import RunConfig, load_pool
+    from orchestrator.errors import RoutingError
+    from orchestrator.routing.ensemble import EnsembleRouter
+
+    from .conftest import write_pool
+
+    pool = load_pool(write_pool(tmp_path / "p.yaml", [{"id": e, "backend": "fake"}
+                                                      for e in ("a1", "a2", "b", "c")]))
+    old = clone_world_profile()
+    old.val_answers = None
+    with pytest.raises(RoutingError, match="rebuild it with `orchestrate profile`"):
+        EnsembleRouter(pool, RunConfig(k=3), old)

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ConfigError, UnknownNameError
 
 PROFILE_KIND = "orchestrator-skill-profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: per-question answer codes (vote-aware routing)
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Profile:
     val_emb: np.ndarray  # [N, d] unit rows
     val_correct: np.ndarray  # [N, E] bool
     val_skills: list[tuple[int, ...]]  # per validation question, indices into `skills`
+    val_answers: np.ndarray | None = None  # [N, E] int16: 0 none, 1 the gold, 2+ other answers
     prior_strength: float = 10.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +77,8 @@ class Profile:
         return Profile(
             self.pool, self.annotator, list(experts), self.skills, self.counts[idx],
             self.correct[idx], self.n[idx], self.n_correct[idx], self.skill_emb, self.val_ids,
-            self.val_emb, self.val_correct[:, idx], self.val_skills, self.prior_strength,
+            self.val_emb, self.val_correct[:, idx], self.val_skills,
+            None if self.val_answers is None else self.val_answers[:, idx], self.prior_strength,
             self.meta,
         )
 
@@ -118,6 +120,7 @@ class Profile:
             skill_emb=self.skill_emb.astype(np.float16), val_ids=np.array(self.val_ids),
             val_emb=self.val_emb.astype(np.float16), val_correct=self.val_correct.astype(np.uint8),
             val_skill_indptr=indptr, val_skill_indices=indices,
+            **({} if self.val_answers is None else {"val_answers": self.val_answers.astype(np.int16)}),
         )
         tmp.replace(arrays)
         atomic_write_text(path, json.dumps(self.to_json(arrays.name), indent=1) + "\n")
@@ -162,5 +165,6 @@ class Profile:
             n=a["n"], n_correct=a["n_correct"], skill_emb=a["skill_emb"].astype(np.float32),
             val_ids=[str(i) for i in a["val_ids"]], val_emb=a["val_emb"].astype(np.float32),
             val_correct=a["val_correct"].astype(bool), val_skills=val_skills,
+            val_answers=a["val_answers"].astype(np.int16) if "val_answers" in a else None,
             prior_strength=float(doc.get("prior_strength", 10.0)), meta=doc.get("meta", {}),
         )

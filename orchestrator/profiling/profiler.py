@@ -35,6 +35,8 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
     n_q, n_e = len(queries), len(experts)
     answered = np.zeros((n_q, n_e), dtype=bool)
     correct = np.zeros((n_q, n_e), dtype=bool)
+    codes = np.zeros((n_q, n_e), dtype=np.int16)  # 0 no answer, 1 the gold, 2+ other answers
+    seen: list[dict[str, int]] = [{} for _ in queries]
     col = {e: j for j, e in enumerate(experts)}
     row = {q.id: i for i, q in enumerate(queries)}
     for res in results:
@@ -43,8 +45,10 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
             continue
         q = queries[i]
         answered[i, j] = True
-        correct[i, j] = bool(is_correct(extract_answer(res.text, q.answer_type, q.options),
-                                        q.gold, q.answer_type))
+        answer = extract_answer(res.text, q.answer_type, q.options)
+        correct[i, j] = bool(is_correct(answer, q.gold, q.answer_type))
+        if answer is not None:
+            codes[i, j] = 1 if correct[i, j] else seen[i].setdefault(answer, len(seen[i]) + 2)
     log.info("validation answers: %.1fs", time.perf_counter() - start)
 
     annotations = annotator.annotate(queries)
@@ -64,6 +68,6 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
         n=answered.sum(0).astype(np.int32), n_correct=(correct & answered).sum(0).astype(np.int32),
         skill_emb=embedder.encode(skills), val_ids=[q.id for q in queries],
         val_emb=embedder.encode([q.question for q in queries]), val_correct=correct,
-        val_skills=val_skills, prior_strength=prior_strength,
+        val_skills=val_skills, val_answers=codes, prior_strength=prior_strength,
         meta={"errors": int((~answered).sum()), "embedder": embedder.key},
     )

@@ -34,6 +34,7 @@ class RoutingGraph:
                                score=int(self.scores[i, j]), count=int(profile.counts[i, j]),
                                stderr=float(self.stderr[i, j]))
         self.graph = g
+        self._edges: dict[tuple[str, str], dict] | None = None
 
     def membership(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """[n, S] indicator of each query's skills."""
@@ -54,10 +55,11 @@ class RoutingGraph:
                 np.where(n_sk > 0, se, self.global_stderr[None, :]))
 
     def evidence(self, skill_ids: Sequence[int], expert: str) -> list[dict]:
-        out = []
-        for j in skill_ids:
-            data = self.graph.get_edge_data(("skill", self.skills[j]), ("expert", expert))
-            if data:
-                out.append({"skill": self.skills[j], **{k: round(v, 4) if isinstance(v, float)
-                                                          else v for k, v in data.items()}})
-        return out
+        """The profile edges behind a choice: per skill of the query, the edge to `expert`."""
+        if self._edges is None:  # read once from the graph, then plain look-ups
+            self._edges = {
+                (u[1], v[1]): {"skill": u[1], **{k: round(x, 4) if isinstance(x, float) else x
+                                                  for k, x in d.items()}}
+                for u, v, d in self.graph.edges(data=True)
+            }
+        return [e for j in skill_ids if (e := self._edges.get((self.skills[j], expert)))]

@@ -27,15 +27,17 @@ class KnnRouter(RouterBase):
         self.val_correct = self.profile.val_correct.astype(np.float32)  # [N, E]
         self.accuracy = self.profile.accuracy.astype(np.float32)  # [E]
 
-    def estimates(self, emb: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """[n, d] -> ([n, E] estimates, [n, K] neighbour indices), in chunks of queries."""
+    def estimates(self, emb: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """[n, d] -> ([n, E] estimates, [n, K] neighbour indices, nearest first), in chunks."""
+        import torch
+
         n, kk = emb.shape[0], self.neighbors
         est = np.empty((n, self.val_correct.shape[1]), dtype=np.float32)
         nbrs = np.empty((n, kk), dtype=np.int64)
+        val = torch.from_numpy(self.val_emb)
         for lo in range(0, n, chunk):
-            sims = emb[lo:lo + chunk] @ self.val_emb.T  # [c, N]
-            idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < sims.shape[1] else \
-                np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1))
+            sims = torch.from_numpy(np.ascontiguousarray(emb[lo:lo + chunk])) @ val.T  # [c, N]
+            idx = torch.topk(sims, kk, dim=1).indices.numpy()
             succ = self.val_correct[idx].sum(axis=1)  # [c, E]
             est[lo:lo + chunk] = (succ + self.shrinkage * self.accuracy) / (kk + self.shrinkage)
             nbrs[lo:lo + chunk] = idx
