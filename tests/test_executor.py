@@ -146,7 +146,7 @@ def test_routing_mistakes_are_clear(fake_pool, cfg, message):
 def test_unknown_names_list_what_is_available(fake_pool):
     from orchestrator.errors import UnknownNameError
 
-    expected = "Unknown router .fixd.. Available: fixed, knn, random, symbolic-moe, topk"
+    expected = "Unknown router .fixd.. Available: ensemble, fixed, knn, random, symbolic-moe, topk"
     with pytest.raises(UnknownNameError, match=expected):
         orch(fake_pool(1), router="fixd")
     with pytest.raises(UnknownNameError, match="Did you mean 'vote'"):
