@@ -139,6 +139,8 @@ def main() -> None:
                          m["route_qps"]))
         if not args.quick:
             for label, routing in (("ensemble + adaptive k", {"adaptive_k": True}),
+                                   ("ensemble + adaptive k, conf .65",
+                                    {"adaptive_k": True, "confidence": 0.65}),
                                    ("ensemble, max 4 experts", {"max_experts": 4}),
                                    ("knn + adaptive k", {"adaptive_k": True}),
                                    ("knn, max 4 experts", {"max_experts": 4}),

@@ -49,6 +49,10 @@ def route(
             detail = "; ".join(f"{x['skill']}: est {x['estimate']:.2f} (n={x['count']})"
                                for x in ev[:3])
             out.print(f"  {e:<36} {s:7.4f}  {detail}", markup=False)
+        if "ensemble_estimate" in sel.evidence:
+            out.print(f"  estimated vote success of this ensemble on its skills: "
+                      f"{sel.evidence['ensemble_estimate']:.3f} (best ensemble overall: "
+                      f"{sel.evidence['single_best_ensemble']:.3f})", markup=False)
         if "neighbors" in sel.evidence:
             out.print(f"  nearest validation questions: {', '.join(sel.evidence['neighbors'])}",
                       markup=False)

@@ -41,15 +41,18 @@ class Embedder:
     """`encode(texts) -> float32 [n, dim]`, rows L2-normalised (cosine = dot product)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, max_seq_length: int = 128,
-                 batch_size: int = 64, threads: int | None = None, disk_cache: bool = True):
+                 batch_size: int = 32, threads: int | None = None, disk_cache: bool = True,
+                 dtype: str = "auto"):
         self.model_name, self.max_seq_length = model, max_seq_length
         self.batch_size, self.threads, self.disk_cache = batch_size, threads, disk_cache
+        self.dtype = _pick_dtype(dtype)
         self._model = None
         self._memo: dict[str, np.ndarray] = {}
 
     @property
     def key(self) -> str:
-        return f"{Path(self.model_name).name}-{self.max_seq_length}"
+        suffix = "" if self.dtype == "float32" else f"-{self.dtype}"
+        return f"{Path(self.model_name).name}-{self.max_seq_length}{suffix}"
 
     def _load(self):
         if self._model is None:
@@ -63,6 +66,8 @@ class Embedder:
             path = _default_model_path() if self.model_name == DEFAULT_MODEL else self.model_name
             self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
             self._model.max_seq_length = self.max_seq_length
+            if self.dtype == "bfloat16":
+                self._model.to(torch.bfloat16)
         return self._model
 
     def _disk_path(self, texts: Sequence[str]) -> Path:
@@ -86,13 +91,32 @@ class Embedder:
         if missing:
             vecs = self._load().encode(
                 missing, batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            ).astype(np.float32)
+                convert_to_tensor=True, show_progress_bar=False,
+            ).float().numpy()
             self._memo.update(zip(missing, vecs))
         arr = np.stack([self._memo[t] for t in texts])
         if path is not None:
             _save_atomic(path, arr)
         return arr
+
+
+def _pick_dtype(dtype: str) -> str:
+    """`auto`: bfloat16 where the CPU computes it natively (about twice as fast as float32,
+    cosine >= 0.99 to the float32 embeddings), else float32."""
+    if dtype in ("float32", "bfloat16"):
+        return dtype
+    if dtype != "auto":
+        raise ValueError(f"embedder dtype '{dtype}': use auto, float32 or bfloat16")
+    return "bfloat16" if _cpu_has_bf16() else "float32"
+
+
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX), read without importing torch."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
