@@ -62,6 +62,8 @@ def test_llm_annotator_keeps_short_keywords_seen_in_two_samples(tmp_path):
     assert len(backend.history) == 10 and {r.expert for r in backend.history} == {"tagger"}
     assert {r.sampling.temperature for r in backend.history} == {0.7}
     assert backend.load_counts == {"tagger": 1}  # five sample rounds, one load
+    assert orch.annotator.annotate(QUESTIONS[::-1]) == [math, bio]  # memoised: no new requests
+    assert len(backend.history) == 10
 
 
 def test_llm_annotator_prompt_and_parsing():

@@ -100,6 +100,7 @@ class LLMAnnotator:
         self.samples, self.temperature = samples, temperature
         self.max_chars, self.min_count = max_chars, min_count
         self.max_tokens, self.seed = max_tokens, seed
+        self._memo: dict[str, tuple[str, ...]] = {}
 
     def requests(self, queries: Sequence[Query]) -> list[GenerationRequest]:
         reqs = []
@@ -118,9 +119,16 @@ class LLMAnnotator:
                      if c >= self.min_count and len(k) <= self.max_chars)
 
     def annotate(self, queries: Sequence[Query]) -> list[tuple[str, ...]]:
-        results, _ = self.executor.execute(self.requests(queries))
-        per_query: dict[str, list[list[str]]] = {q.id: [] for q in queries}
-        for res in results:
-            if res.error is None:
-                per_query[res.request.query_id].append(parse_keywords(res.text))
-        return [self.filter(per_query[q.id]) for q in queries]
+        """Skills per query; a question already annotated in this process is not asked again
+        (profiling then routing the same questions costs one annotation)."""
+        todo = list({q.question: q for q in queries if q.question not in self._memo}.values())
+        if todo:
+            results, _ = self.executor.execute(self.requests(todo))
+            per_question: dict[str, list[list[str]]] = {q.question: [] for q in todo}
+            by_id = {q.id: q.question for q in todo}
+            for res in results:
+                if res.error is None:
+                    per_question[by_id[res.request.query_id]].append(parse_keywords(res.text))
+            for question, samples in per_question.items():
+                self._memo[question] = self.filter(samples)
+        return [self._memo[q.question] for q in queries]
