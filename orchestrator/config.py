@@ -103,6 +103,18 @@ class RoutingOptions(StrictModel):
 PROFILE_ROUTER = "ensemble"
 
 
+class AggregationOptions(StrictModel):
+    """Knobs of the aggregators."""
+
+    early_exit: bool = Field(default=False, description="skip the aggregator when all agree")
+    weighting: Literal["auto", "log-odds", "linear", "none"] = Field(
+        default="auto", description="vote: how estimated success becomes a vote weight")
+    response_budget: int = Field(default=256, ge=16, le=8192,
+                                 description="fuse: words kept of each expert response")
+    max_tokens: int | None = Field(default=None, ge=1, le=131072,
+                                   description="fuse: new tokens of the aggregator's answer")
+
+
 class RunConfig(StrictModel):
     """A run preset (`configs/*.yaml`); CLI flags override single fields."""
 
@@ -124,6 +136,10 @@ class RunConfig(StrictModel):
     annotator_expert: str | None = Field(default=None, description="llm annotator: expert id")
     vocabulary: str | None = Field(default=None, description="skills YAML (embedding annotator)")
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
+    aggregator_expert: str | None = Field(
+        default=None, description="fuse: the pool expert that aggregates (default: the "
+        "profile's best-ranked aggregator, else the first expert)")
+    aggregation: AggregationOptions = Field(default_factory=AggregationOptions)
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the non-None overrides applied, validated again."""
@@ -131,9 +147,10 @@ class RunConfig(StrictModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         if "experts" in given and "k" not in given:
             data["k"] = None  # naming experts without --k means k = how many were named
-        routing = given.pop("routing", None)
-        if routing:
-            data["routing"] = {**data["routing"], **{k: v for k, v in routing.items()
+        for section in ("routing", "aggregation"):
+            values = given.pop(section, None)
+            if values:
+                data[section] = {**data[section], **{k: v for k, v in values.items()
                                                      if v is not None}}
         data.update(given)
         return validate_model(RunConfig, data, "command-line options")

@@ -126,7 +126,7 @@ class Orchestrator:
         self.router = ROUTERS.get(self.config.router)(pool, self.config, profile=self.profile)
         self._embedder = None
         self._annotator = None
-        self.aggregator = AGGREGATORS.get(self.config.aggregator)(pool, self.config)
+        self.aggregator = AGGREGATORS.get(self.config.aggregator)(pool, self.config, self)
         self.executor = EXECUTORS[self.config.executor](
             self.residency, self.config.batch_size, progress
         )
@@ -249,7 +249,10 @@ class Orchestrator:
             outputs[position[query.id]].append(ExpertOutput(
                 res.request.expert, res.text, answer, res.error, res.tokens_in, res.tokens_out,
             ))
-        aggregates = self.aggregator.aggregate(queries, outputs)
+        self.aggregator.stats = None
+        aggregates = self.aggregator.aggregate(queries, outputs, selections)
+        if self.aggregator.stats is not None:  # generations the aggregator ran (fuse)
+            stats.merge(self.aggregator.stats)
         answers = []
         for query, selection, outs, agg in zip(queries, selections, outputs, aggregates):
             usage = Usage(len(outs), sum(o.tokens_in for o in outs), sum(o.tokens_out for o in outs))

@@ -74,6 +74,14 @@ def _same(answer: str, a: Answer) -> bool:
     return bool(is_correct(answer, a.query.gold, a.query.answer_type))
 
 
+def _methods(result: RunResult) -> dict[str, int]:
+    """How many answers each method decided (e.g. fuse, early-exit, vote as a fallback)."""
+    counts: dict[str, int] = {}
+    for a in result.answers:
+        counts[a.aggregator] = counts.get(a.aggregator, 0) + 1
+    return counts
+
+
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
@@ -87,6 +95,8 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "distinct_experts": result.distinct_experts,
         "router": result.config.router,
         "aggregator": result.config.aggregator,
+        "aggregated_by": _methods(result),
+        "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "executor": result.config.executor,
         "pool": result.pool.name,
         "loads_total": result.stats.loads_total,

@@ -64,3 +64,4 @@ ROUTERS.register("ensemble", "orchestrator.routing.ensemble:EnsembleRouter")
 
 AGGREGATORS.register("first", "orchestrator.aggregation.first:FirstAggregator")
 AGGREGATORS.register("vote", "orchestrator.aggregation.vote:VoteAggregator")
+AGGREGATORS.register("fuse", "orchestrator.aggregation.fuse:FuseAggregator")

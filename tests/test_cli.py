@@ -66,7 +66,7 @@ def test_config_file_and_flag_precedence(fake_pool, sample_jsonl, tmp_path):
     (["--experts", "e0,zz"], "Unknown expert 'zz'"),
     (["--router", "smart"], "Unknown router 'smart'"),
     (["--k", "9"], "k=9 is outside 1..3"),
-    (["--aggregator", "fuse"], "Unknown aggregator 'fuse'"),
+    (["--aggregator", "fusion"], "Unknown aggregator 'fusion'"),
     (["--executor", "fast"], "executor"),
 ])
 def test_user_mistakes_exit_nonzero_with_one_line(fake_pool, sample_jsonl, tmp_path, args,

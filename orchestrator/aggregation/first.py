@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..types import Aggregate, ExpertOutput, Query
+from ..types import Aggregate, ExpertOutput, Query, Selection
 from .base import AggregatorBase
 
 
 class FirstAggregator(AggregatorBase):
     name = "first"
 
-    def aggregate(
-        self, queries: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]]
-    ) -> list[Aggregate]:
+    def combine(self, queries: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
+                selections: Sequence[Selection | None]) -> list[Aggregate]:
         result = []
         for outs in outputs:
             pick = next((o for o in outs if o.error is None and o.answer is not None), None)

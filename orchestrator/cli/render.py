@@ -34,6 +34,9 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
         + (f" (mean {summary['mean_k']:.2f})" if summary["mean_k"] != summary["k"] else "")
         + f", {summary['distinct_experts']} experts used, "
         f"aggregator {summary['aggregator']}, executor {summary['executor']}]",
+        *([f"aggregate  {', '.join(f'{m} {n}' for m, n in summary['aggregated_by'].items())}"]
+          if summary.get("aggregated_by") and set(summary["aggregated_by"]) != {
+              summary["aggregator"]} else []),
         f"loads      {summary['loads_total']}   errors {summary['errors']}   "
         f"wall {summary['wall_s']:.1f}s   orchestration overhead "
         f"{100 * summary['overhead_share']:.1f}%",

@@ -21,7 +21,9 @@ def run(
     k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
     router: Annotated[Optional[str], typer.Option(help="Router: fixed, random, topk, knn, symbolic-moe.")] = None,
     experts: Annotated[Optional[str], typer.Option(help="Comma-separated expert ids for the router.")] = None,
-    aggregator: Annotated[Optional[str], typer.Option(help="Aggregator name (vote, first).")] = None,
+    aggregator: Annotated[Optional[str], typer.Option(help="Aggregator: vote, fuse, first.")] = None,
+    aggregator_expert: Annotated[Optional[str], typer.Option(help="fuse: the expert that aggregates.")] = None,
+    early_exit: Annotated[Optional[bool], typer.Option(help="Skip the aggregator when all experts agree.")] = None,
     executor: Annotated[Optional[str], typer.Option(help="grouped or naive.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Prompts per generate call.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per answer (overrides the pool).")] = None,
@@ -54,7 +56,8 @@ def run(
                      executor=executor, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
                      threads=threads, annotator=annotator,
                      profile=str(profile) if profile else None,
-                     routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors))
+                     routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors),
+                     aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit))
     with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
                                  **overrides) as orch:
         orch.check()  # every model resolves before the first one loads

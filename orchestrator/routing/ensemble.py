@@ -116,7 +116,8 @@ class EnsembleRouter(RouterBase):
                 q.id, tuple(experts[j] for j in chosen),
                 tuple(round(float(per_expert[i, j]), 4) for j in chosen),
                 {"router": self.name, "skills": list(features.skills[i]),
-                 "ensemble_estimate": round(float(est[i, best[i]]), 4),
+                 "success": {experts[j]: round(float(per_expert[i, j]), 4) for j in chosen},
+                 "ensemble_estimate": round(float(est[i, best[i]]), 4), "vote_order": True,
                  "single_best_ensemble": round(float(table[-1].max()), 4)},
             ))
         return out

@@ -55,6 +55,7 @@ class KnnRouter(RouterBase):
             ids = tuple(experts[j] for j in chosen[i])
             out.append(Selection(q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]), {
                 "router": self.name, "skills": list(features.skills[i]),
+                "success": {experts[j]: round(float(est[i, j]), 4) for j in chosen[i]},
                 "neighbors": [val_ids[j] for j in nbrs[i][:5]], "n_neighbors": self.neighbors,
             }))
         return out

@@ -87,11 +87,13 @@ class SymbolicMoERouter(RouterBase):
                 for i, d in enumerate(draws):
                     best = max(frequent, key=lambda j: p[i, j])
                     draws[i] = [j if j in frequent else best for j in d]
+        success, _ = self.graph.skill_estimates(features.skill_ids)  # for weighted votes
         out = []
         for i, q in enumerate(queries):
             ids = tuple(experts[j] for j in draws[i])
             out.append(Selection(q.id, ids, tuple(round(float(p[i, j]), 4) for j in draws[i]), {
                 "router": self.name, "skills": list(features.skills[i]),
+                "success": {experts[j]: round(float(success[i, j]), 4) for j in set(draws[i])},
                 "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)},
             }))
         return out

@@ -30,6 +30,7 @@ class TopKRouter(RouterBase):
             ids = tuple(experts[j] for j in chosen[i])
             out.append(Selection(q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]), {
                 "router": self.name, "skills": list(features.skills[i]),
+                "success": {experts[j]: round(float(est[i, j]), 4) for j in chosen[i]},
                 "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in ids},
             }))
         return out
