@@ -12,6 +12,7 @@ from . import pools
 from .profile import profile
 from .route import route
 from .run import run
+from .sweep import sweep
 
 app = typer.Typer(
     name="orchestrate", no_args_is_help=True, add_completion=False,
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("profile")(profile)
 app.command("route")(route)
+app.command("sweep")(sweep)
 app.add_typer(pools.app, name="pools")
 
 
