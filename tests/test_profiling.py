@@ -98,3 +98,48 @@ def test_profile_needs_gold_answers(tmp_path):
             pytest.raises(ConfigError, match="1 validation questions have no gold"):
         build_profile(orch, [Query("math-0", "Add 2 and 3", None)], FieldAnnotator(),
                       orch.embedder)
+
+
+def test_aggregation_benchmark_has_one_right_and_two_wrong_responses():
+    from orchestrator.profiling.aggregators import aggregation_items
+    from orchestrator.types import ExpertOutput
+
+    qs = queries()[:3]
+    outs = [
+        [ExpertOutput("a", "The answer is 7", "7"), ExpertOutput("b", "The answer is 1", "1"),
+         ExpertOutput("c", "The answer is 2", "2"), ExpertOutput("d", "x", None, error="boom")],
+        [ExpertOutput("a", "The answer is 7", "7"), ExpertOutput("b", "The answer is 7", "7"),
+         ExpertOutput("c", "The answer is 2", "2")],  # one wrong only: skipped
+        [ExpertOutput("a", "1", "1"), ExpertOutput("b", "2", "2"), ExpertOutput("c", "3", "3")],
+    ]  # no right answer: skipped
+    items = aggregation_items(qs, outs, seed=0)
+    assert [it.query.id for it in items] == ["math-0"]
+    assert sorted(o.expert for o in items[0].responses) == ["a", "b", "c"]
+    orders = {tuple(o.expert for o in aggregation_items(qs, outs, seed=s)[0].responses)
+              for s in range(12)}
+    assert len(orders) > 1  # shuffled: the right answer is not always first
+
+
+def test_profile_ranks_candidate_aggregators(tmp_path):
+    data, _ = write_world(tmp_path)
+    pool = write_pool(tmp_path / "mixed.yaml", [
+        *({"id": m, "backend": "replay", "model": m, "options": {"recordings": data.name}}
+          for m in ("mathy", "histy", "meh")),
+        {"id": "agg-good", "backend": "fake", "options": {"default": "The answer is 7"}},
+        {"id": "agg-bad", "backend": "fake", "options": {"default": "The answer is 1"}},
+    ], resident_limit=5, name="mixed")
+    with orchestrator(pool, router="fixed", k=1) as orch:
+        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder,
+                                aggregators=["agg-bad", "agg-good"])
+        loads = dict(orch.backends.get("fake").load_counts)
+    ranked = profile.meta["aggregators"]
+    assert [r["expert"] for r in ranked["ranking"]] == ["agg-good", "agg-bad"]
+    assert ranked["ranking"][0]["accuracy"] == 1.0 and ranked["ranking"][1]["accuracy"] == 0.0
+    assert ranked["n_items"] == 8  # agg-good is always right and agg-bad always wrong
+    assert loads == {"agg-bad": 1, "agg-good": 1}  # validation and ranking share one load
+    path = profile.save(tmp_path / "p.json")
+    from orchestrator.core import Orchestrator
+
+    with Orchestrator.from_files(pool, router="topk", k=1, profile=str(path),
+                                 annotator="field", aggregator="fuse") as orch:
+        assert orch.aggregator.expert == "agg-good"  # the profile's best aggregator

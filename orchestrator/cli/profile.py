@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, out
+from .common import err, handle_errors, out, split_ids
 
 
 @handle_errors
@@ -23,6 +23,8 @@ def profile(
     prior_strength: Annotated[float, typer.Option(help="Shrinkage weight toward an expert's global accuracy.")] = 10.0,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     split: Annotated[Optional[str], typer.Option(help="Keep only questions tagged with this Symbolic-MoE split (e.g. train).")] = None,
+    aggregators: Annotated[Optional[str], typer.Option(help="Comma-separated candidate fusion experts to rank on a synthetic aggregation benchmark.")] = None,
+    aggregation_limit: Annotated[int, typer.Option(help="Items of the aggregation benchmark.")] = 50,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
 ) -> None:
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
@@ -49,13 +51,25 @@ def profile(
             vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
         err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
                   f"({annotator} annotator)", markup=False)
+        candidates = split_ids(aggregators)
+        if candidates:
+            from ..routing.base import check_experts
+
+            check_experts(candidates, orch.pool)  # before any generation
         prof = build_profile(orch, queries, orch.annotator, orch.embedder, vocabulary=vocab,
-                             prior_strength=prior_strength)
+                             prior_strength=prior_strength, aggregators=candidates,
+                             aggregation_limit=aggregation_limit)
     prof.meta.update({"data": str(data), "split": split, "limit": limit})
     path = prof.save(out_path)
     acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)
     for a, e in acc[:10]:
         out.print(f"{e:<40} {100 * a:6.2f}%", markup=False)
+    ranked = prof.meta.get("aggregators")
+    if ranked:
+        out.print(f"aggregators on {ranked['n_items']} synthetic items (1 right + 2 wrong "
+                  "responses each): " + ", ".join(
+                      f"{r['expert']} {100 * r['accuracy']:.1f}%" for r in ranked["ranking"]),
+                  markup=False)
     out.print(f"profile: {len(prof.experts)} experts x {len(prof.skills)} skills on "
               f"{len(prof.val_ids)} questions -> {path} (+ {path.with_suffix('.npz').name})",
               markup=False)

@@ -12,17 +12,20 @@ import numpy as np
 
 from ..benchmarks.extract import extract_answer, is_correct
 from ..errors import ConfigError
-from ..types import Query, Selection
+from ..types import ExpertOutput, Query, Selection
+from .aggregators import aggregation_items, rank_aggregators
 from .profile import Profile
 
 log = logging.getLogger(__name__)
 
 
 def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
-                  vocabulary: Sequence[str] | None = None, prior_strength: float = 10.0
+                  vocabulary: Sequence[str] | None = None, prior_strength: float = 10.0,
+                  aggregators: Sequence[str] | None = None, aggregation_limit: int | None = 50
                   ) -> Profile:
     """`vocabulary` fixes the skill list (embedding annotator); without it the skills are the
-    distinct annotations themselves (llm and field annotators)."""
+    distinct annotations themselves (llm and field annotators). `aggregators`: candidate fusion
+    experts, ranked on a synthetic aggregation benchmark built from the validation outputs."""
     scored = [q for q in queries if q.gold is not None]
     if len(scored) < len(queries):
         raise ConfigError(f"{len(queries) - len(scored)} validation questions have no gold "
@@ -37,6 +40,7 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
     correct = np.zeros((n_q, n_e), dtype=bool)
     codes = np.zeros((n_q, n_e), dtype=np.int16)  # 0 no answer, 1 the gold, 2+ other answers
     seen: list[dict[str, int]] = [{} for _ in queries]
+    outputs: list[list[ExpertOutput]] = [[] for _ in queries]
     col = {e: j for j, e in enumerate(experts)}
     row = {q.id: i for i, q in enumerate(queries)}
     for res in results:
@@ -49,6 +53,7 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
         correct[i, j] = bool(is_correct(answer, q.gold, q.answer_type))
         if answer is not None:
             codes[i, j] = 1 if correct[i, j] else seen[i].setdefault(answer, len(seen[i]) + 2)
+        outputs[i].append(ExpertOutput(res.request.expert, res.text, answer))
     log.info("validation answers: %.1fs", time.perf_counter() - start)
 
     annotations = annotator.annotate(queries)
@@ -61,6 +66,16 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
         member[i, list(ids)] = 1
     counts = (answered.T.astype(np.int32)) @ member  # [E, S]
     right = (correct & answered).T.astype(np.int32) @ member
+    meta = {"errors": int((~answered).sum()), "embedder": embedder.key}
+    if aggregators:
+        items = aggregation_items(queries, outputs, aggregation_limit, seed=orch.config.seed)
+        if not items:
+            raise ConfigError(
+                "No validation question has one right and two wrong expert answers, so the "
+                "aggregation benchmark is empty; use more validation questions (drop --limit) "
+                "or skip --aggregators.")
+        meta["aggregators"] = rank_aggregators(orch, items, list(aggregators),
+                                               orch.config.aggregation.response_budget)
     return Profile(
         pool=orch.pool.name,
         annotator={"name": annotator.name, **getattr(annotator, "describe", lambda: {})()},
@@ -69,5 +84,5 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
         skill_emb=embedder.encode(skills), val_ids=[q.id for q in queries],
         val_emb=embedder.encode([q.question for q in queries]), val_correct=correct,
         val_skills=val_skills, val_answers=codes, prior_strength=prior_strength,
-        meta={"errors": int((~answered).sum()), "embedder": embedder.key},
+        meta=meta,
     )
