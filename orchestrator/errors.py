@@ -54,5 +54,9 @@ class BackendError(OrchestratorError):
     """A backend failed as a whole (could not load a model, server unreachable...)."""
 
 
+class ReportError(OrchestratorError):
+    """A run report (its plots or report.md) could not be drawn or written."""
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"

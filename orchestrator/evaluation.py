@@ -53,7 +53,26 @@ def baselines(orch, queries: Sequence[Query], routed: Sequence[Answer]) -> dict:
         "majority_all": round(float(vote_acc), 4),
         "oracle": round(float(correct.any(axis=1).mean()), 4),
         "per_expert": {e: round(float(a), 4) for e, a in zip(experts, per_expert)},
+        "per_domain": per_domain([queries[i].domain for i in scored],
+                                 np.array([bool(routed[i].correct) for i in scored]), correct, best),
     }
+
+
+def per_domain(domains: Sequence[str | None], routed: np.ndarray, correct: np.ndarray,
+               best: int) -> dict:
+    """{domain: {n, routed, best_single, oracle}} from [n] routed and [n, E] expert correctness;
+    best_single is the overall best expert (column `best`) on that domain's questions."""
+    names = np.array([d or "(none)" for d in domains], dtype=object)
+    table = {}
+    for name in sorted(set(names)):
+        rows = names == name
+        table[name] = {
+            "n": int(rows.sum()),
+            "routed": round(float(routed[rows].mean()), 4),
+            "best_single": round(float(correct[rows, best].mean()), 4),
+            "oracle": round(float(correct[rows].any(axis=1).mean()), 4),
+        }
+    return table
 
 
 def free_to_evaluate(orch) -> bool:

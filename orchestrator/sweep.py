@@ -9,8 +9,6 @@ Outputs: DIR/k{K}/results.jsonl + summary.json per k, and DIR/sweep.json
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from .config import PoolConfig, RunConfig
 from .errors import BackendError, RoutingError, UserError
-from .outputs import atomic_write_text, write_run
+from .outputs import atomic_save_figure, atomic_write_text, write_run
 from .routing.base import check_k
 from .types import Query
 from .workers.cache import CachingExecutor
@@ -152,15 +150,7 @@ def plot_sweep(path: Path, record: dict[str, Any]) -> None:
     ax.set_title(f"{Path(record['bench']).name}: accuracy vs expert calls\n"
                  f"pool {record['pool']}, router {record['router']}", fontsize=11)
     ax.grid(True, alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_figure(fig, path, dpi=120)
 
 
 __all__ = ["ROW_KEYS", "check_ks", "parse_ks", "plot_sweep", "run_sweep", "sweep_markdown",

@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from . import pools
 from .profile import profile
+from .report import report
 from .route import route
 from .run import run
 from .sweep import sweep
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("profile")(profile)
 app.command("route")(route)
+app.command("report")(report)
 app.command("sweep")(sweep)
 app.add_typer(pools.app, name="pools")
 

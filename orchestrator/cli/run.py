@@ -48,6 +48,7 @@ def run(
     from ..evaluation import free_to_evaluate
     from ..outputs import write_run
     from .render import expert_table, summary_lines
+    from .report import report_after_run
 
     queries = read_benchmark(bench, fmt, limit)  # a bad file fails before any model loads
     if out_dir is None:
@@ -75,6 +76,9 @@ def run(
             f"error: {outputs[0].error}"
         )
     summary = write_run(out_dir, result, extra)
+    report = report_after_run(out_dir)  # warns on a failed plot, never fails the run
     out.print(expert_table(summary))
     for line in summary_lines(summary, str(out_dir)):
         out.print(line, markup=False)
+    if report:
+        out.print(f"report     {report}", markup=False)

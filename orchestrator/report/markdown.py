@@ -1,0 +1,100 @@
+"""report.md: the run's summary and per-expert tables, then the plots by relative path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .rundir import RunDir
+from .stats import domain_accuracy
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: int = 1) -> list[str]:
+    """A GitHub table; columns from index `right` on are right-aligned."""
+    align = [":---" if i < right else "---:" for i in range(len(header))]
+    return [f"| {' | '.join(header)} |", f"|{'|'.join(align)}|",
+            *(f"| {' | '.join(cell(v) for v in row)} |" for row in rows), ""]
+
+
+def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
+    """images: (alt text, path relative to the run folder) in display order."""
+    s = run.summary
+    lines = [f"# Run report: pool `{s['pool']}`, router `{s['router']}`, "
+             f"aggregator `{s['aggregator']}`", ""]
+    if s.get("benchmark"):
+        lines += [f"Benchmark `{s['benchmark']}`" + (" (dry run: fake answers)" if s.get("dry_run")
+                                                     else "") + ".", ""]
+    lines += ["## Summary", "", *table(["", "value"], summary_rows(s), right=2)]
+    ev = run.evaluation
+    if ev:
+        best = ev["best_single"]
+        lines += [f"Reference points on the same {ev['n']} scored questions (every expert of the "
+                  "pool answered every question):", "", *table(["system", "accuracy"], [
+                      ("routed (this run)", pct(ev["routed"])),
+                      (f"best single expert ({best['expert']})", pct(best["accuracy"])),
+                      ("random single expert (expected)", pct(ev["random_single"])),
+                      ("majority vote of all experts", pct(ev["majority_all"])),
+                      ("oracle (any expert right)", pct(ev["oracle"])),
+                  ])]
+    lines += ["## Per expert", "", *expert_rows(run)]
+    per_domain = domain_accuracy(run)
+    if len(per_domain) > 2:  # "all" plus one domain says nothing new
+        keys = [k for k in ("routed", "best_single", "oracle") if k in per_domain["all"]]
+        names = {"routed": "routed", "best_single": "best single", "oracle": "oracle"}
+        lines += ["## Accuracy per domain", "", *table(
+            ["domain", "scored", *(names[k] for k in keys)],
+            [(d, row["n"], *(pct(row[k]) for k in keys)) for d, row in per_domain.items()])]
+    if run.sweep and run.sweep.get("rows"):
+        lines += ["## Sweep over k", "", *table(
+            ["k", "accuracy", "mean k", "experts used", "expert calls", "answers generated (new)"],
+            [(r["k"], pct(r.get("accuracy")), f"{r.get('mean_k', r['k']):.2f}",
+              r.get("distinct_experts", "-"), r.get("calls", "-"), r.get("generated", "-"))
+             for r in sorted(run.sweep["rows"], key=lambda r: r["k"])])]
+    if images:
+        lines += ["## Plots", ""]
+        for alt, rel in images:
+            lines += [f"![{alt}]({rel})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    acc = s["accuracy"]
+    rows = [
+        ("questions", f"{s['n']} ({s.get('n_scored', '-')} with a gold answer)"),
+        ("accuracy", "n/a (no gold answers)" if acc is None
+         else f"{pct(acc)} ({s.get('correct', '-')}/{s.get('n_scored', '-')})"),
+        ("k (experts per question)", str(s["k"])),
+        ("mean k", f"{s['mean_k']:.2f}"),
+        ("experts used", f"{s.get('distinct_experts', '-')} of {len(s['experts'])}"),
+        ("model loads", str(s.get("loads_total", "-"))),
+        ("failed generations", str(s.get("errors", "-"))),
+        ("wall time", f"{s.get('wall_s', 0):.2f} s"),
+        ("orchestration overhead", f"{100 * s.get('overhead_share', 0):.1f}% of wall time "
+                                   f"({s.get('overhead_s', 0):.2f} s)"),
+        ("executor", str(s.get("executor", "-"))),
+    ]
+    if s.get("route_qps"):
+        rows.append(("annotate / route", f"{s.get('annotate_s', 0):.2f} s / "
+                                         f"{s.get('route_s', 0):.3f} s ({s['route_qps']:,} questions/s)"))
+    return rows
+
+
+def expert_rows(run: RunDir) -> list[str]:
+    alone = (run.evaluation or {}).get("per_expert") or {}
+    header = ["expert", "calls", "loads", "tokens in", "tokens out", "load s", "generate s",
+              "errors", "accuracy on its calls"] + (["accuracy alone, all questions"] if alone else [])
+    rows = []
+    for name, row in run.summary["experts"].items():
+        rows.append([name, row.get("calls", 0), row.get("loads", 0), row.get("tokens_in", 0),
+                     row.get("tokens_out", 0), f"{row.get('load_s', 0):.2f}",
+                     f"{row.get('generate_s', 0):.2f}", row.get("errors", 0),
+                     pct(row.get("accuracy"))] + ([pct(alone.get(name))] if alone else []))
+    return table(header, rows)

@@ -1,0 +1,92 @@
+"""Reading a run folder: results.jsonl and summary.json as written by `orchestrate run`
+(orchestrator/outputs.py), plus sweep.json when `orchestrate sweep` wrote one there."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+NO_DOMAIN = "(none)"
+SUMMARY_KEYS = ("n", "accuracy", "k", "mean_k", "router", "aggregator", "pool", "experts")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    summary: dict[str, Any]
+    records: tuple[dict[str, Any], ...]
+    sweep: dict[str, Any] | None
+
+    @property
+    def evaluation(self) -> dict[str, Any] | None:
+        return self.summary.get("evaluation") or None
+
+    @property
+    def experts(self) -> list[str]:
+        """Expert ids in pool order (the order of summary.json's per-expert table)."""
+        return list(self.summary["experts"])
+
+    def domain_counts(self) -> Counter:
+        return Counter(r.get("domain") or NO_DOMAIN for r in self.records)
+
+
+def read_run_dir(path: str | Path) -> RunDir:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"Run folder '{folder}' does not exist; give the --out folder of "
+                        "`orchestrate run` (it holds results.jsonl and summary.json).")
+    summary = _read_json(folder / "summary.json")
+    if not isinstance(summary, dict):
+        raise UserError(f"{folder / 'summary.json'} is not a JSON object; rerun `orchestrate run`.")
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise UserError(f"{folder / 'summary.json'} lacks {', '.join(missing)}; it was not "
+                        "written by `orchestrate run` (or by an older version): rerun it.")
+    return RunDir(folder, summary, _read_records(folder / "results.jsonl"), _read_sweep(folder, summary))
+
+
+def _read_sweep(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """DIR/sweep.json, or for a k folder of `orchestrate sweep` (DIR/k{K}/, whose summary
+    carries "sweep") the sweep.json one level up."""
+    path = folder / "sweep.json"
+    if not path.is_file() and "sweep" in summary:
+        path = folder.parent / "sweep.json"
+    if not path.is_file():
+        return None
+    sweep = _read_json(path)
+    if not (isinstance(sweep, dict) and isinstance(sweep.get("rows"), list)):
+        raise UserError(f"{path} has no 'rows' list; rerun `orchestrate sweep`.")
+    return sweep
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; a run folder holds results.jsonl and summary.json "
+                        "from `orchestrate run --out DIR`.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); rerun the command that wrote it.") from None
+
+
+def _read_records(path: Path) -> tuple[dict[str, Any], ...]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; a run folder holds results.jsonl and summary.json "
+                        "from `orchestrate run --out DIR`.")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict) or "experts" not in row:
+            raise UserError(f"{path}, line {number}: not a result record (no 'experts' field).")
+        records.append(row)
+    return tuple(records)
