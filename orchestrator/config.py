@@ -47,6 +47,9 @@ class PoolConfig(StrictModel):
     description: str | None = None
     resident_limit: int = Field(default=1, ge=1)
     experts: list[ExpertConfig] = Field(min_length=1)
+    aggregator: ExpertId | None = Field(
+        default=None, description="the expert that fuses answers unless the run or the "
+        "profile's aggregator ranking names another")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -57,6 +60,9 @@ class PoolConfig(StrictModel):
             if expert.id in seen:
                 raise ValueError(f"expert id '{expert.id}' appears twice; ids must be unique")
             seen.add(expert.id)
+        if self.aggregator is not None and self.aggregator not in seen:
+            raise ValueError(f"aggregator '{self.aggregator}' is not an expert of this pool; "
+                             f"name one of: {', '.join(seen)}")
         return self
 
     @property

@@ -69,22 +69,33 @@ def test_too_long_prompt_fails_alone(backend):
 
 
 def test_demo_path_on_three_questions(tmp_path):
-    """What `make demo` runs, on 3 questions with 8 new tokens."""
+    """What `make demo` runs (profile on validation questions, route with it, generate, fuse),
+    on 3 questions with 8 new tokens."""
     from typer.testing import CliRunner
 
     from orchestrator.cli.main import app
 
+    pool, config = str(ROOT / "pools" / "cpu-demo.yaml"), str(ROOT / "configs" / "cpu-demo.yaml")
+    profile = tmp_path / "profile.json"
+    result = CliRunner().invoke(app, [
+        "profile", "--pool", pool, "--data", str(ROOT / "samples" / "validation.jsonl"),
+        "--out", str(profile), "--config", config, "--limit", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, [
-        "run", str(ROOT / "samples" / "demo.jsonl"), "--pool", str(ROOT / "pools" / "cpu-demo.yaml"),
-        "--config", str(ROOT / "configs" / "cpu-demo.yaml"), "--out", str(out), "--limit", "3",
-        "--max-tokens", "8", "--threads", "2", "--no-progress",
+        "run", str(ROOT / "samples" / "demo.jsonl"), "--pool", pool, "--config", config,
+        "--profile", str(profile), "--out", str(out), "--limit", "3", "--max-tokens", "8",
+        "--threads", "2", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 3 and summary["loads_total"] == 3 and summary["errors"] == 0
-    assert all(row["calls"] == 3 and row["loads"] == 1 for row in summary["experts"].values())
-    assert all(0 < row["tokens_out"] <= 3 * 8 for row in summary["experts"].values())
+    assert summary["n"] == 3 and summary["errors"] == 0 and summary["router"] == "ensemble"
+    assert summary["aggregator"] == "fuse" and summary["mean_k"] == 2
+    assert all(row["loads"] == 1 for row in summary["experts"].values())  # aggregator included
+    routed = sum(row["calls"] for row in summary["experts"].values())
+    fused = 3 - summary["early_exits"]
+    assert routed == 3 * 2 + fused  # the aggregator's prompts ran through the same executor
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert all(o["text"] for r in rows for o in r["outputs"])
-    assert "accuracy" in result.output and "smol-sampler" in result.output
+    assert (out / "report.md").is_file()
+    assert "accuracy" in result.output and "report" in result.output

@@ -6,8 +6,8 @@ a lone `</think>`) and cut to `aggregation.response_budget` words, keeping its o
 ending, where the final answer usually is. All fusion prompts of a batch go through the
 orchestrator's executor in one call, so the aggregator model is loaded once per run. The
 aggregator is `aggregator_expert` from the config, else the best-ranked aggregator of the
-profile, else the first expert of the pool. A fusion that fails, or states no readable answer,
-falls back to the weighted vote of the experts.
+profile, else the pool's `aggregator`, else its first expert. A fusion that fails, or states no
+readable answer, falls back to the weighted vote of the experts.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def choose_aggregator(config, pool, profile) -> str:
     for row in ranking or []:
         if row.get("expert") in pool.expert_ids:
             return row["expert"]
+    if pool.aggregator:
+        return pool.aggregator
     if not pool.experts:
         raise ConfigError(f"Pool '{pool.name}' has no expert to aggregate with.")
     return pool.expert_ids[0]
