@@ -120,6 +120,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "executor": result.config.executor,
         "pool": result.pool.name,
+        "pool_experts": result.pool.expert_ids,
         "loads_total": result.stats.loads_total,
         "errors": errors,
         "wall_s": round(result.wall_s, 3),

@@ -73,7 +73,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
          else f"{pct(acc)} ({s.get('correct', '-')}/{s.get('n_scored', '-')})"),
         ("k (experts per question)", str(s["k"])),
         ("mean k", f"{s['mean_k']:.2f}"),
-        ("experts used", f"{s.get('distinct_experts', '-')} of {len(s['experts'])}"),
+        ("experts used", f"{s.get('distinct_experts', '-')} of "
+                         f"{len(s.get('pool_experts') or s['experts'])}"),
         ("model loads", str(s.get("loads_total", "-"))),
         ("failed generations", str(s.get("errors", "-"))),
         ("wall time", f"{s.get('wall_s', 0):.2f} s"),

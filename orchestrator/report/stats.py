@@ -58,7 +58,8 @@ def expert_usage(run: RunDir, top: int = 20) -> Usage | None:
         return None
     rows = [label for label, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]]
     # the whole pool when the evaluation lists it (never-chosen experts show as zeros)
-    experts = list((run.evaluation or {}).get("per_expert") or {})
+    experts = list(run.summary.get("pool_experts") or [])
+    experts += [e for e in (run.evaluation or {}).get("per_expert") or {} if e not in experts]
     experts += [e for e in run.experts if e not in experts]
     for r in run.records:
         experts += [e for e in dict.fromkeys(r["experts"]) if e not in experts]
