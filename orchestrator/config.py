@@ -146,6 +146,8 @@ class RunConfig(StrictModel):
         default=None, description="fuse: the pool expert that aggregates (default: the "
         "profile's best-ranked aggregator, else the first expert)")
     aggregation: AggregationOptions = Field(default_factory=AggregationOptions)
+    min_experts_ok: int = Field(default=1, ge=1, description="chat: fewer experts answering "
+                                "than this (or than k) fails the request instead of degrading")
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the non-None overrides applied, validated again."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Orchestrator:
         backends: Mapping[str, object] | None = None,
         progress: bool = False,
         dry_run: bool = False,
+        model_name: str = "orchestrator",
     ):
         self.pool = pool
         self.config = (config or RunConfig()).resolved()
@@ -136,6 +137,8 @@ class Orchestrator:
             check_experts(self.config.experts, pool)
         self.totals = ExecutionStats()
         self.stage_s: dict[str, float] = {}
+        self._routers: dict[str, Any] = {}
+        self.model_name = model_name
 
     @classmethod
     def from_files(
@@ -191,6 +194,23 @@ class Orchestrator:
             embeddings = self.embedder.encode([q.question for q in queries])
         return QueryFeatures(skills, skill_ids, embeddings)
 
+    def router_named(self, name: str):
+        """The configured router, or another one built once over the same pool and profile."""
+        name = self.config.model_copy(update={"router": name}).resolved().router
+        if name == self.config.router:
+            return self.router
+        if name not in self._routers:
+            config = self.config.model_copy(update={"router": name})
+            self._routers[name] = ROUTERS.get(name)(self.pool, config, profile=self.profile)
+        return self._routers[name]
+
+    def route_with(self, queries: Sequence[Query], router: str, k: int) -> list[Selection]:
+        """Route with a named router and k (the server's per-request `router` and `k`)."""
+        check_k(k, self.pool)
+        chosen = self.router_named(router)
+        features = self.features(queries) if chosen.needs_profile else None
+        return chosen.select(queries, k, features)
+
     def route(self, queries: Sequence[Query]) -> list[Selection]:
         """Each query's experts; `stage_s` keeps the seconds of annotation and routing."""
         start = time.perf_counter()
@@ -212,18 +232,60 @@ class Orchestrator:
         )
 
     def requests_for(
-        self, queries: Sequence[Query], selections: Sequence[Selection]
+        self, queries: Sequence[Query], selections: Sequence[Selection],
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[GenerationRequest]:
+        """One request per (query, selected expert). `overrides` maps a query id to sampling
+        fields (max_tokens, temperature, top_p, seed) that replace the expert's own."""
         requests = []
         for query, selection in zip(queries, selections):
+            changes = (overrides or {}).get(query.id) or {}
             for expert_id in selection.experts:
                 spec = self.specs[expert_id]
+                sampling = self.sampling_for(spec)
+                if changes:
+                    sampling = replace(sampling, **changes)
                 requests.append(GenerationRequest(
                     expert=expert_id, messages=messages_for(query, spec.system_prompt),
-                    sampling=self.sampling_for(spec), query_id=query.id, index=len(requests),
+                    sampling=sampling, query_id=query.id, index=len(requests),
                     question=query.question,
                 ))
         return requests
+
+    def collect(self, queries: Sequence[Query], results) -> list[list[ExpertOutput]]:
+        """Each query's expert outputs (answers extracted), in selection order."""
+        outputs: list[list[ExpertOutput]] = [[] for _ in queries]
+        position = {q.id: i for i, q in enumerate(queries)}
+        for res in results:
+            query = queries[position[res.request.query_id]]
+            answer = (extract_answer(res.text, query.answer_type, query.options)
+                      if res.error is None else None)
+            outputs[position[query.id]].append(ExpertOutput(
+                res.request.expert, res.text, answer, res.error, res.tokens_in, res.tokens_out,
+            ))
+        return outputs
+
+    def combine(self, queries: Sequence[Query], selections: Sequence[Selection],
+                outputs: Sequence[Sequence[ExpertOutput]], stats: ExecutionStats,
+                aggregator=None) -> list[Answer]:
+        """Aggregate and score; generations the aggregator runs (fuse) are added to `stats`."""
+        aggregator = aggregator or self.aggregator
+        aggregator.stats = None
+        aggregates = aggregator.aggregate(queries, outputs, selections)
+        if aggregator.stats is not None:
+            stats.merge(aggregator.stats)
+        answers = []
+        for query, selection, outs, agg in zip(queries, selections, outputs, aggregates):
+            usage = Usage(len(outs), sum(o.tokens_in for o in outs), sum(o.tokens_out for o in outs))
+            extra = agg.detail.get("usage")
+            if extra:  # the aggregator's own tokens for this query
+                usage = usage + Usage(1, extra["tokens_in"], extra["tokens_out"])
+            answers.append(Answer(
+                query=query, selection=selection, outputs=tuple(outs),
+                final_answer=agg.answer, correct=is_correct(agg.answer, query.gold, query.answer_type),
+                aggregator=agg.method, usage=usage, detail=agg.detail,
+            ))
+        return answers
 
     def evaluate(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> RunResult:
         """Run the whole pipeline on a batch and keep the counters (what `orchestrate run`
@@ -237,30 +299,8 @@ class Orchestrator:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ConfigError(f"Question id '{dup}' appears twice in one batch; ids must be unique.")
         selections = self.route(queries)
-        requests = self.requests_for(queries, selections)
-        results, stats = self.executor.execute(requests)
-
-        outputs: list[list[ExpertOutput]] = [[] for _ in queries]
-        position = {q.id: i for i, q in enumerate(queries)}
-        for res in results:
-            query = queries[position[res.request.query_id]]
-            answer = (extract_answer(res.text, query.answer_type, query.options)
-                      if res.error is None else None)
-            outputs[position[query.id]].append(ExpertOutput(
-                res.request.expert, res.text, answer, res.error, res.tokens_in, res.tokens_out,
-            ))
-        self.aggregator.stats = None
-        aggregates = self.aggregator.aggregate(queries, outputs, selections)
-        if self.aggregator.stats is not None:  # generations the aggregator ran (fuse)
-            stats.merge(self.aggregator.stats)
-        answers = []
-        for query, selection, outs, agg in zip(queries, selections, outputs, aggregates):
-            usage = Usage(len(outs), sum(o.tokens_in for o in outs), sum(o.tokens_out for o in outs))
-            answers.append(Answer(
-                query=query, selection=selection, outputs=tuple(outs),
-                final_answer=agg.answer, correct=is_correct(agg.answer, query.gold, query.answer_type),
-                aggregator=agg.method, usage=usage,
-            ))
+        results, stats = self.executor.execute(self.requests_for(queries, selections))
+        answers = self.combine(queries, selections, self.collect(queries, results), stats)
         self.totals.merge(stats)
         return RunResult(answers, stats, self.config, self.pool, self.k,
                          time.perf_counter() - start, dict(self.stage_s))
@@ -268,6 +308,28 @@ class Orchestrator:
     def run(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> list[Answer]:
         """Answers in input order."""
         return self.evaluate(questions).answers
+
+    # -- chat ---------------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any):
+        """An OpenAI-style chat completion from the pool (`model` defaults to the mixture;
+        `k`, `router`, `temperature`, `top_p`, `max_tokens`, `seed` are optional). Returns a
+        `ChatCompletion` (`.content`, `.to_openai()`); raises the request's typed error."""
+        from .chat import MIXTURE_MODEL, complete_batch
+
+        body = {"model": self.model_name if params.get("model") in (None, MIXTURE_MODEL)
+                else params["model"], **{k: v for k, v in params.items() if k != "model"},
+                "messages": list(messages)}
+        (result,) = complete_batch(self, [body])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **params: Any):
+        """`chat` without blocking the event loop (the models run in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.chat, messages, **params)
 
     # -- lifetime ---------------------------------------------------------------------------
 

@@ -139,3 +139,4 @@ class Answer:
     correct: bool | None
     aggregator: str
     usage: Usage = Usage()
+    detail: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the aggregator's

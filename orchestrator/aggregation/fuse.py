@@ -129,7 +129,10 @@ class FuseAggregator(AggregatorBase):
             if answer is None:
                 reason = res.error or "the fused response states no readable answer"
                 out.append(Aggregate(vote.answer, "vote", {
-                    "fallback": reason, "by": self.expert, "text": res.text}))
+                    "fallback": reason, "by": self.expert, "text": res.text,
+                    "usage": {"tokens_in": res.tokens_in, "tokens_out": res.tokens_out}}))
                 continue
-            out.append(Aggregate(answer, self.name, {"by": self.expert, "text": res.text}))
+            out.append(Aggregate(answer, self.name, {
+                "by": self.expert, "text": res.text,
+                "usage": {"tokens_in": res.tokens_in, "tokens_out": res.tokens_out}}))
         return out
