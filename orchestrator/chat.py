@@ -25,6 +25,7 @@ from .types import Answer, Query, Selection
 
 MIXTURE_MODEL = "orchestrator"
 MAX_MESSAGE_CHARS = 200
+CONTEXT_ERROR = "maximum context length is"  # the backends' wording (OpenAI's sentence)
 
 
 class InvalidRequestError(UserError):
@@ -284,6 +285,11 @@ def complete_batch(orch, requests: Sequence[ChatRequest | Mapping[str, Any]]
             succeeded = sum(o.error is None for o in answer.outputs)
             needed = 1 if kind == "direct" else min(orch.config.min_experts_ok,
                                                     len(answer.outputs))
+            errors = [o.error for o in answer.outputs if o.error]
+            if succeeded < needed and errors and all(CONTEXT_ERROR in e for e in errors):
+                results[slot] = InvalidRequestError(errors[0], "messages",
+                                                    "context_length_exceeded")
+                continue
             if succeeded < needed:
                 first = next((o.error for o in answer.outputs if o.error), "no answer")
                 results[slot] = BackendError(

@@ -150,3 +150,21 @@ def test_stream_chunks_and_achat(pool):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"] == reply.usage() and "orchestrator" in chunks[-1]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == reply.id for c in chunks)
+
+
+def test_a_prompt_too_long_for_every_expert_is_a_context_length_error(tmp_path):
+    pool = write_pool(tmp_path / "p.yaml", [
+        {"id": "x", "backend": "fake", "options": {"script": {"LONG": "x"},
+                                                  "fail": ["LONG"]}}])
+    with Orchestrator.from_files(pool) as orch:
+        from orchestrator.backends.base import failed
+
+        fake = orch.backends.get("fake")
+        original = fake.generate
+        fake.generate = lambda reqs: [
+            failed(r, "This model's maximum context length is 8 tokens; the prompt has 99 "
+                   "tokens and max_tokens is 4.") if "LONG" in r.question else res
+            for r, res in zip(reqs, original(reqs))]
+        with pytest.raises(InvalidRequestError, match="maximum context length is 8") as info:
+            orch.chat([{"role": "user", "content": "LONG " * 50}])
+    assert info.value.code == "context_length_exceeded" and info.value.param == "messages"
