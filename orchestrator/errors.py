@@ -60,3 +60,32 @@ class ReportError(OrchestratorError):
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class QueueFullError(OrchestratorError):
+    """The serving queue holds max_queue requests already; retry after `retry_after_s` (HTTP 503)."""
+
+    def __init__(self, name: str, max_queue: int, retry_after_s: float):
+        self.max_queue, self.retry_after_s = max_queue, retry_after_s
+        super().__init__(
+            f"The '{name}' queue is full: {plural(max_queue, 'request')} already waiting "
+            f"(max_queue={max_queue}). Retry after {retry_after_s:g}s, or raise max_queue."
+        )
+
+
+class DeadlineExceededError(OrchestratorError):
+    """A request did not finish before its deadline; its result, if any, was dropped."""
+
+    def __init__(self, deadline_s: float, stage: str):
+        self.deadline_s, self.stage = deadline_s, stage
+        super().__init__(
+            f"The request missed its deadline of {deadline_s:g}s ({stage}). "
+            "Allow a longer deadline, or retry when the server is less loaded."
+        )
+
+
+class ShuttingDownError(OrchestratorError):
+    """The server is draining or closed and takes no new work (HTTP 503)."""
+
+    def __init__(self, name: str, detail: str = "it accepts no new requests"):
+        super().__init__(f"The '{name}' batcher is shutting down: {detail}. Retry on another instance.")
