@@ -67,6 +67,8 @@ def answer_record(answer: Answer) -> dict[str, Any]:
         "final_answer": answer.final_answer,
         "correct": answer.correct,
         "aggregator": answer.aggregator,
+        "aggregation": {k: v for k, v in answer.detail.items()
+                        if k in ("by", "text", "fallback", "votes", "weights")},
     }
 
 
