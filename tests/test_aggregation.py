@@ -123,3 +123,19 @@ def test_fuse_aggregator_choice(tmp_path):
         run(pool, [Q], router="fixed", experts=["a"], aggregator="fuse", aggregator_expert="ag")
     with Orchestrator.from_files(pool, router="fixed", experts=["a"], aggregator="fuse") as orch:
         assert orch.aggregator.expert == "a"  # no config, no profile ranking: the first expert
+
+
+def test_results_keep_the_fused_text(tmp_path):
+    import json
+
+    from orchestrator.outputs import write_run
+
+    pool = fake_pool(tmp_path, {"a": "The answer is 41", "b": "The answer is 43"},
+                     "Weighing both, the answer is 42")
+    result, _ = run(pool, [Q], router="fixed", experts=["a", "b"], aggregator="fuse",
+                    aggregator_expert="agg")
+    write_run(tmp_path / "out", result)
+    (line,) = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["aggregation"] == {"by": "agg", "text": "Weighing both, the answer is 42"}
+    assert record["final_answer"] == "42" and record["aggregator"] == "fuse"
