@@ -143,3 +143,23 @@ def test_fixed_router_reproduces_the_recorded_accuracy(monkeypatch):
     assert len(result.answers) == 2090
     assert sum(a.correct for a in result.answers) == 975  # 46.65%, as recorded
     assert round(100 * result.accuracy, 2) == 46.65
+
+
+def test_generation_cache_keeps_questions_of_one_text_apart(tmp_path):
+    from orchestrator.workers.cache import CachingExecutor
+
+    path = tmp_path / "twins.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "t-1", "question": "Same words?", "gold": "1", "models": {"m": {"answer": "1"}}},
+        {"id": "t-2", "question": "Same words?", "gold": "2", "models": {"m": {"answer": "2"}}},
+    ]))
+    pool = write_pool(tmp_path / "p.yaml", [
+        {"id": "m", "backend": "replay", "model": "m", "options": {"recordings": path.name}}])
+    queries = [Query("t-1", "Same words?", "1", answer_type="numeric"),
+               Query("t-2", "Same words?", "2", answer_type="numeric")]
+    with Orchestrator.from_files(pool, router="fixed", experts=["m"]) as orch:
+        orch.executor = CachingExecutor(orch.executor)
+        first = orch.run(queries)
+        again = orch.run(queries)
+    assert [a.final_answer for a in first] == ["1", "2"] == [a.final_answer for a in again]
+    assert orch.executor.misses == 2 and orch.executor.hits == 2

@@ -170,6 +170,7 @@ def first_line_models(path: Path) -> list[str]:
 class ReplayBackend(BaseBackend):
     name = "replay"
     Options = ReplayOptions
+    answers_by_id = True  # two questions with one text may have different recordings
 
     def _paths(self, expert: ExpertSpec, opts: ReplayOptions) -> list[Path]:
         paths = []

@@ -16,10 +16,12 @@ from ..types import GenerationRequest, GenerationResult
 from .stats import ExecutionStats
 
 
-def request_key(request: GenerationRequest) -> Hashable:
+def request_key(request: GenerationRequest, by_id: bool = False) -> Hashable:
     """What determines an expert's answer: the expert, the prompt messages and the sampling
-    (not the question id nor the position in the run)."""
-    return (request.expert, request.messages, request.sampling)
+    (not the position in the run). `by_id`: the backend answers by question id (replay), so
+    two questions with the same text are different requests."""
+    key = (request.expert, request.messages, request.sampling)
+    return (*key, request.query_id) if by_id else key
 
 
 class CachingExecutor:
@@ -31,11 +33,21 @@ class CachingExecutor:
         self.hits = 0
         self.misses = 0
         self._store: dict[Hashable, GenerationResult] = {}
+        self._answers_by_id: dict[str, bool] = {}
 
     def __getattr__(self, name: str):
         if name == "inner":  # not set yet (copy, unpickling)
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def _by_id(self, expert_id: str) -> bool:
+        """Whether the expert's backend looks answers up by question id."""
+        if expert_id not in self._answers_by_id:
+            residency = getattr(self.inner, "residency", None)
+            spec = residency.specs.get(expert_id) if residency is not None else None
+            backend = residency.backends.for_expert(spec) if spec is not None else None
+            self._answers_by_id[expert_id] = bool(getattr(backend, "answers_by_id", False))
+        return self._answers_by_id[expert_id]
 
     def __len__(self) -> int:
         return len(self._store)
@@ -46,7 +58,7 @@ class CachingExecutor:
         results: list[GenerationResult | None] = [None] * len(requests)
         pending: dict[Hashable, list[int]] = {}  # key -> positions, the first one is generated
         for i, request in enumerate(requests):
-            key = request_key(request)
+            key = request_key(request, self._by_id(request.expert))
             stored = self._store.get(key)
             if stored is not None:
                 results[i] = replace(stored, request=request)
