@@ -483,3 +483,13 @@ def test_release_forgets_the_expert(server):
     backend.release("e0")
     with pytest.raises(BackendError, match="call load"):
         backend.generate(reqs("a"))
+
+
+def test_an_adapter_is_requested_by_its_served_name(server):
+    backend = OpenAIHTTPBackend()
+    spec = ExpertSpec(id="e0", backend="openai_http", model="base-model", adapter="math-lora",
+                      options={"base_url": server.url, **FAST})
+    backend.load(spec)
+    backend.generate(reqs("hi"))
+    assert server.hits[0].body["model"] == "math-lora"  # vLLM names LoRA adapters as models
+    assert "model=math-lora" in backend.check(spec)

@@ -4,7 +4,8 @@ through one httpx async client per expert.
 Options:
   base_url          e.g. http://127.0.0.1:8001/v1 (required)
   api_key_env       name of the environment variable that holds the key (never the key itself)
-  remote_model      model name sent to the server (default: the expert's `model`)
+  remote_model      model name sent to the server (default: the expert's `adapter` when set, as
+                    a vLLM server names its LoRA adapters, else the expert's `model`)
   concurrency       requests in flight at once (default 8)
   timeout_s         read timeout per request; connect_timeout_s for connecting
   max_retries       retries on 429, 5xx, timeouts and connection errors, never on other 4xx
@@ -50,6 +51,11 @@ class _HTTPError(Exception):
         self.status, self.retry_after = status, retry_after
 
 
+def served_name(expert, opts) -> str:
+    """The `model` field of the request: remote_model, else the adapter, else the model."""
+    return opts.remote_model or expert.adapter or expert.model
+
+
 class OpenAIHTTPBackend(BaseBackend):
     name = "openai_http"
     supports_lora = True  # a vLLM server exposes its LoRA adapters as model names
@@ -58,7 +64,7 @@ class OpenAIHTTPBackend(BaseBackend):
     def check(self, expert: ExpertSpec) -> str:
         opts = self.options(expert)
         self._api_key(expert, opts)
-        return f"{opts.base_url} model={opts.remote_model or expert.model}"
+        return f"{opts.base_url} model={served_name(expert, opts)}"
 
     def _api_key(self, expert: ExpertSpec, opts: OpenAIHTTPOptions) -> str | None:
         if not opts.api_key_env:
@@ -123,7 +129,7 @@ class OpenAIHTTPBackend(BaseBackend):
         import httpx
 
         body = {
-            "model": opts.remote_model or expert.model,
+            "model": served_name(expert, opts),
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.sampling.max_tokens,
             "temperature": request.sampling.temperature,
