@@ -117,6 +117,8 @@ class EnsembleRouter(RouterBase):
                 tuple(round(float(per_expert[i, j]), 4) for j in chosen),
                 {"router": self.name, "skills": list(features.skills[i]),
                  "success": {experts[j]: round(float(per_expert[i, j]), 4) for j in chosen},
+                 "profile": {experts[j]: self.graph.evidence(features.skill_ids[i], experts[j])
+                             for j in chosen},
                  "ensemble_estimate": round(float(est[i, best[i]]), 4), "vote_order": True,
                  "single_best_ensemble": round(float(table[-1].max()), 4)},
             ))
