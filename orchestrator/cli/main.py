@@ -13,6 +13,7 @@ from .profile import profile
 from .report import report
 from .route import route
 from .run import run
+from .serve import serve
 from .sweep import sweep
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.command("profile")(profile)
 app.command("route")(route)
 app.command("report")(report)
 app.command("sweep")(sweep)
+app.command("serve")(serve)
 app.add_typer(pools.app, name="pools")
 
 
