@@ -225,8 +225,9 @@ def complete_batch(orch, requests: Sequence[ChatRequest | Mapping[str, Any]]
     for slot, raw in enumerate(requests):
         try:
             req = parse_chat_request(raw)
-            query = Query(id=f"chat-{uuid.uuid4().hex[:16]}", question=req.prompt_text(),
-                          answer_type=infer_answer_type(req.prompt_text(), None, ()))
+            text = req.prompt_text()
+            query = Query(id=f"chat-{uuid.uuid4().hex[:16]}", question=text,
+                          answer_type=infer_answer_type(text, None, ()))
             if req.model == orch.model_name:
                 k = req.k if req.k is not None else orch.k
                 size = len(orch.pool.experts)
