@@ -39,6 +39,18 @@ def test_grouped_loads_each_expert_once_and_keeps_order(fake_pool):
     assert fake.load_counts == {"e0": 1, "e1": 1, "e2": 1}
 
 
+def test_fake_batch_s_is_slept_once_per_generate_call(fake_pool, monkeypatch):
+    import orchestrator.backends.fake as fake_module
+
+    slept = []
+    monkeypatch.setattr(fake_module.time, "sleep", slept.append)
+    o = orch(fake_pool(1, options={"e0": {"batch_s": 0.02}}), batch_size=4)
+    _, stats = o.executor.execute(requests([(f"q{i}", "e0") for i in range(8)]))
+    fake = o.backends.get("fake")
+    assert len(fake.history) == 8 and stats.experts["e0"].calls == 8
+    assert slept == [0.02, 0.02]  # 2 calls of 4, not 8 x 0.02
+
+
 def test_naive_loads_for_every_pair(fake_pool):
     o = orch(fake_pool(3), executor="naive")
     pairs = [(f"q{i}", f"e{j}") for i in range(4) for j in range(3)]
@@ -176,3 +188,13 @@ def test_sdk_context_manager_and_duplicate_ids(fake_pool):
         with pytest.raises(ConfigError, match="appears twice"):
             o.run([{"id": "a", "question": "1"}, {"id": "a", "question": "2"}])
     assert o.residency.resident == []
+
+
+def test_fake_history_is_bounded(fake_pool, monkeypatch):
+    import orchestrator.backends.fake as fake_module
+
+    monkeypatch.setattr(fake_module, "HISTORY_LIMIT", 5)
+    o = orch(fake_pool(1))
+    o.executor.execute(requests([(f"q{i}", "e0") for i in range(23)]))
+    history = o.backends.get("fake").history
+    assert 5 <= len(history) <= 10 and history[-1].query_id == "q22"

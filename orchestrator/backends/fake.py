@@ -8,6 +8,8 @@ Options (all optional):
   default: text               the answer when nothing else applies; without it, a
                               deterministic pseudo answer derived from the prompt
   load_s / token_s            simulated seconds per load and per generated token
+  batch_s                     simulated seconds per generate call, whatever its batch size
+                              (a batched forward pass; benchmarks/server_load.py)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ..errors import BackendError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
 
+HISTORY_LIMIT = 10_000
+
 
 class FakeOptions(BackendOptions):
     responses: list[str] = []
@@ -31,6 +35,7 @@ class FakeOptions(BackendOptions):
     default: str | None = None
     load_s: float = 0.0
     token_s: float = 0.0
+    batch_s: float = 0.0
 
 
 def pseudo_answer(expert_id: str, prompt: str) -> str:
@@ -48,6 +53,8 @@ class FakeBackend(BaseBackend):
 
     def __init__(self, context=None):
         super().__init__(context)
+        # recent requests, for tests to inspect; bounded (2 x HISTORY_LIMIT at most) because
+        # `serve --dry-run` runs the fake backend for as long as the server lives
         self.history: list[GenerationRequest] = []
         self.load_counts: dict[str, int] = {}
         self._queues: dict[str, deque[str]] = {}
@@ -67,10 +74,15 @@ class FakeBackend(BaseBackend):
         self._loaded[expert.id] = (expert, opts)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        batch_s = max((self.loaded(r.expert)[1].batch_s for r in requests), default=0.0)
+        if batch_s:
+            time.sleep(batch_s)
         results = []
         for request in requests:
             expert, opts = self.loaded(request.expert)
             self.history.append(request)
+            if len(self.history) > 2 * HISTORY_LIMIT:
+                del self.history[:-HISTORY_LIMIT]
             prompt = "\n".join(m.content for m in request.messages)
             if any(s in prompt for s in opts.fail):
                 results.append(failed(request, f"scripted failure of expert '{expert.id}'"))
