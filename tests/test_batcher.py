@@ -13,7 +13,7 @@ from orchestrator.errors import (
     QueueFullError,
     ShuttingDownError,
 )
-from orchestrator.serving import MicroBatcher
+from orchestrator.workers.batcher import MicroBatcher
 
 
 def run(coro):

@@ -26,9 +26,9 @@ from orchestrator.backends.fake import FakeBackend
 from orchestrator.chat import parse_chat_request
 from orchestrator.config import RunConfig, load_pool
 from orchestrator.core import Orchestrator
-from orchestrator.serving.app import build_app
-from orchestrator.serving.server import bound_port, make_server
-from orchestrator.serving.wire import RequestCancelledError
+from orchestrator.server.app import build_app
+from orchestrator.server.server import bound_port, make_server
+from orchestrator.server.wire import RequestCancelledError
 
 from .conftest import ROOT, write_pool
 
@@ -449,7 +449,7 @@ def test_real_completion_on_the_smollm2_pool():
 def test_serve_command_binds_and_warns(tmp_path, monkeypatch, host, key, warned):
     from typer.testing import CliRunner
 
-    import orchestrator.serving.server as server_module
+    import orchestrator.server.server as server_module
     from orchestrator.cli.main import app
 
     seen: dict = {}

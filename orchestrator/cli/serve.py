@@ -31,8 +31,8 @@ def serve(
 ) -> None:
     """Serve POOL at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
     from ..core import Orchestrator
-    from ..serving.app import build_app
-    from ..serving.server import is_loopback, make_server
+    from ..server.app import build_app
+    from ..server.server import is_loopback, make_server
 
     api_key = os.environ.get(api_key_env) or None
     if not is_loopback(host) and api_key is None:

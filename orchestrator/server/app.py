@@ -46,7 +46,7 @@ from ..chat import (
 from ..errors import ShuttingDownError
 from ..registry import ROUTERS
 from ..types import Query, Selection
-from .batcher import MicroBatcher
+from ..workers.batcher import MicroBatcher
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .wire import APIError, RequestCancelledError, api_error, read_json, require_object, sse
 
