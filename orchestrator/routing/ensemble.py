@@ -27,7 +27,7 @@ from ..errors import RoutingError
 from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
-from .policy import choose_subset
+from .policy import choose_subset, confident
 
 MAX_CANDIDATES = 2000  # ordered tuples scored; beyond it, one order per set (best first)
 
@@ -106,8 +106,7 @@ class EnsembleRouter(RouterBase):
         sure = np.zeros(len(queries), dtype=bool)
         lead = np.asarray(allowed)[per_expert[:, allowed].argmax(axis=1)]
         if opts.adaptive_k and k > 1:
-            rows = np.arange(len(queries))
-            sure = per_expert[rows, lead] - opts.z * stderr[rows, lead] >= opts.confidence
+            sure = confident(per_expert, stderr, lead, opts.z, opts.confidence)
         experts = self.graph.experts
         out = []
         for i, q in enumerate(queries):

@@ -89,6 +89,15 @@ def choose_subset(est: np.ndarray, k: int, cap: int) -> np.ndarray:
     return np.array(sorted(chosen))
 
 
+def confident(est: np.ndarray, stderr: np.ndarray | None, lead: np.ndarray, z: float,
+              confidence: float) -> np.ndarray:
+    """[n] whether each query's leading expert `lead[i]` is confidently good:
+    est - z * stderr >= confidence (adaptive k sends such a query to it alone)."""
+    rows = np.arange(est.shape[0])
+    spread = stderr[rows, lead] if stderr is not None else 0.0
+    return est[rows, lead] - z * spread >= confidence
+
+
 def choose(est: np.ndarray, stderr: np.ndarray | None, policy: Policy) -> list[np.ndarray]:
     """Each query's expert columns, best first."""
     allowed = np.arange(est.shape[1])
@@ -98,8 +107,5 @@ def choose(est: np.ndarray, stderr: np.ndarray | None, policy: Policy) -> list[n
     picked = allowed[top_k(sub, min(policy.k, len(allowed)))]  # [n, k]
     if not policy.adaptive or policy.k == 1:
         return list(picked)
-    lead = picked[:, 0]
-    rows = np.arange(est.shape[0])
-    spread = stderr[rows, lead] if stderr is not None else 0.0
-    sure = est[rows, lead] - policy.z * spread >= policy.confidence
+    sure = confident(est, stderr, picked[:, 0], policy.z, policy.confidence)
     return [picked[i, :1] if sure[i] else picked[i] for i in range(len(picked))]

@@ -26,7 +26,7 @@ import numpy as np
 from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
-from .policy import choose_subset
+from .policy import choose_subset, confident
 
 
 class SymbolicMoERouter(RouterBase):
@@ -64,12 +64,11 @@ class SymbolicMoERouter(RouterBase):
             p = np.where(mask[None, :], p, 0.0)
             p = np.where(p.sum(axis=1, keepdims=True) > 0, p, mask[None, :].astype(float))
             p = p / p.sum(axis=1, keepdims=True)
+        success, stderr = self.graph.skill_estimates(features.skill_ids)  # [n, E] each
         sizes = [k] * len(queries)
         if opts.adaptive_k and k > 1:  # a sure leader answers alone
-            est, se = self.graph.skill_estimates(features.skill_ids)
-            lead = np.argmax(np.where(p > 0, est, -1.0), axis=1)
-            rows = np.arange(len(queries))
-            sure = est[rows, lead] - opts.z * se[rows, lead] >= opts.confidence
+            lead = np.argmax(np.where(p > 0, success, -1.0), axis=1)
+            sure = confident(success, stderr, lead, opts.z, opts.confidence)
             sizes = [1 if s else k for s in sure]
         experts = self.graph.experts
         draws = []
@@ -87,7 +86,6 @@ class SymbolicMoERouter(RouterBase):
                 for i, d in enumerate(draws):
                     best = max(frequent, key=lambda j: p[i, j])
                     draws[i] = [j if j in frequent else best for j in d]
-        success, _ = self.graph.skill_estimates(features.skill_ids)  # for weighted votes
         out = []
         for i, q in enumerate(queries):
             ids = tuple(experts[j] for j in draws[i])
