@@ -20,32 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aggregation.fuse import strip_reasoning
 from .benchmarks.readers import infer_answer_type
-from .errors import BackendError, OrchestratorError, UserError
+from .errors import BackendError, InvalidRequestError, OrchestratorError, UnknownModelError
 from .types import Answer, Query, Selection
 
 MIXTURE_MODEL = "orchestrator"
 MAX_MESSAGE_CHARS = 200
 CONTEXT_ERROR = "maximum context length is"  # the backends' wording (OpenAI's sentence)
-
-
-class InvalidRequestError(UserError):
-    """A chat request the pool cannot serve as given (HTTP 400); `param` names the field."""
-
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request"):
-        super().__init__(message)
-        self.param, self.code = param, code
-
-
-class ModelNotFoundError(UserError):
-    """`model` names neither the mixture nor an expert of the pool (HTTP 404)."""
-
-    code = "model_not_found"
-
-    def __init__(self, model: str, available: Sequence[str]):
-        shown = model if len(model) <= 64 else model[:61] + "..."
-        super().__init__(f"The model '{shown}' does not exist; available: "
-                         f"{', '.join(available)}.")
-        self.param = "model"
 
 
 class TextPart(BaseModel):
@@ -242,7 +222,7 @@ def complete_batch(orch, requests: Sequence[ChatRequest | Mapping[str, Any]]
             elif req.model in orch.specs:
                 direct.append((slot, req, query))
             else:
-                raise ModelNotFoundError(req.model, [orch.model_name, *orch.specs])
+                raise UnknownModelError(req.model, [orch.model_name, *orch.specs])
         except OrchestratorError as err:
             results[slot] = err
 

@@ -7,7 +7,7 @@ one red line and an exit code; the server (later) into OpenAI error envelopes.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class OrchestratorError(Exception):
@@ -48,6 +48,26 @@ class ModelNotFoundError(UserError):
 
 class RoutingError(UserError):
     """A routing request cannot be satisfied (k larger than the pool, unknown expert...)."""
+
+
+class InvalidRequestError(UserError):
+    """A chat request the pool cannot serve as given (HTTP 400); `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class UnknownModelError(UserError):
+    """`model` names neither the mixture nor an expert of the pool (HTTP 404)."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str, available: Sequence[str]):
+        shown = model if len(model) <= 64 else model[:61] + "..."
+        super().__init__(f"The model '{shown}' does not exist; available: "
+                         f"{', '.join(available)}.")
+        self.param = "model"
 
 
 class BackendError(OrchestratorError):

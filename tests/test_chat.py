@@ -10,7 +10,7 @@ import pytest
 from orchestrator.chat import (
     ChatCompletion,
     InvalidRequestError,
-    ModelNotFoundError,
+    UnknownModelError,
     complete_batch,
     parse_chat_request,
 )
@@ -57,7 +57,7 @@ def test_an_expert_by_name_answers_alone(pool):
 @pytest.mark.parametrize("params, error, param", [
     ({"k": 9}, InvalidRequestError, "k"),
     ({"k": 0}, InvalidRequestError, "k"),
-    ({"model": "gpt-5"}, ModelNotFoundError, "model"),
+    ({"model": "gpt-5"}, UnknownModelError, "model"),
     ({"temperature": 9}, InvalidRequestError, "temperature"),
     ({"top_p": 0}, InvalidRequestError, "top_p"),
     ({"max_tokens": 0}, InvalidRequestError, "max_tokens"),
@@ -78,7 +78,7 @@ def test_bodies_that_are_not_requests():
     with pytest.raises(InvalidRequestError) as info:
         parse_chat_request({"messages": []})
     assert info.value.param == "messages"
-    assert len(str(ModelNotFoundError("x" * 500, ["orchestrator"]))) < 200
+    assert len(str(UnknownModelError("x" * 500, ["orchestrator"]))) < 200
 
 
 def test_a_batch_of_requests_is_one_grouped_execution(pool):

@@ -39,7 +39,7 @@ from ..chat import (
     ChatCompletion,
     ChatRequest,
     InvalidRequestError,
-    ModelNotFoundError,
+    UnknownModelError,
     complete_batch,
     parse_chat_request,
 )
@@ -202,7 +202,7 @@ async def chat_completions(request: Request) -> Response:
     chat = parse_chat_request(require_object(
         await read_json(request, serving.settings.max_body_bytes)))
     if chat.model not in serving.model_names:  # an allow-list of names, never a path
-        raise ModelNotFoundError(chat.model, serving.model_names)
+        raise UnknownModelError(chat.model, serving.model_names)
     completion = await serving.complete(chat, request)
     serving.metrics.count_tokens(completion.model, completion.prompt_tokens,
                                  completion.completion_tokens)
@@ -231,7 +231,7 @@ async def get_model(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     model = request.path_params["model_id"]
     if model not in serving.model_names:
-        raise ModelNotFoundError(model, serving.model_names)
+        raise UnknownModelError(model, serving.model_names)
     return JSONResponse(_model_card(serving, model))
 
 

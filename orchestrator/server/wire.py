@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from ..chat import InvalidRequestError, ModelNotFoundError
+from ..chat import InvalidRequestError, UnknownModelError
 from ..errors import (
     BackendError,
     DeadlineExceededError,
@@ -75,7 +75,7 @@ def api_error(exc: BaseException) -> APIError:
     """The status and envelope of an exception raised while serving a request."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, UnknownModelError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, InvalidRequestError):
         return APIError(400, str(exc), param=exc.param, code=exc.code)
