@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..benchmarks.extract import extract_answer
 from ..benchmarks.prompts import user_prompt
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError
 from ..types import Aggregate, ExpertOutput, GenerationRequest, Message, Query, Selection
 from .base import AggregatorBase
 from .vote import VoteAggregator
@@ -62,11 +63,26 @@ def fusion_messages(query: Query, responses: Sequence[str], budget: int) -> tupl
     return Message("system", system), Message("user", user_prompt(query))
 
 
+def fusion_requests(orch, expert: str, queries: Sequence[Query],
+                    responses: Sequence[Sequence[str]], first_index: int = 0
+                    ) -> list[GenerationRequest]:
+    """The fusion prompts of `expert` for each query and its experts' responses, with the
+    aggregator's sampling (`aggregation.max_tokens` when set) and response budget."""
+    options = orch.config.aggregation
+    sampling = orch.sampling_for(orch.specs[expert])
+    if options.max_tokens:
+        sampling = replace(sampling, max_tokens=options.max_tokens)
+    return [
+        GenerationRequest(expert=expert, sampling=sampling, query_id=q.id, index=first_index + i,
+                          messages=fusion_messages(q, texts, options.response_budget),
+                          question=q.question)
+        for i, (q, texts) in enumerate(zip(queries, responses))
+    ]
+
+
 def choose_aggregator(config, pool, profile) -> str:
     if config.aggregator_expert:
         if config.aggregator_expert not in pool.expert_ids:
-            from ..errors import UnknownNameError
-
             raise UnknownNameError("aggregator expert", config.aggregator_expert,
                                    pool.expert_ids, f" (pool '{pool.name}')")
         return config.aggregator_expert
@@ -94,21 +110,8 @@ class FuseAggregator(AggregatorBase):
 
     def requests(self, queries: Sequence[Query],
                  outputs: Sequence[Sequence[ExpertOutput]]) -> list[GenerationRequest]:
-        orch, spec = self.orch, self.orch.specs[self.expert]
-        sampling = orch.sampling_for(spec)
-        if self.config.aggregation.max_tokens:
-            from dataclasses import replace
-
-            sampling = replace(sampling, max_tokens=self.config.aggregation.max_tokens)
-        budget = self.config.aggregation.response_budget
-        return [
-            GenerationRequest(
-                expert=self.expert,
-                messages=fusion_messages(q, [o.text for o in outs if o.error is None], budget),
-                sampling=sampling, query_id=q.id, index=i, question=q.question,
-            )
-            for i, (q, outs) in enumerate(zip(queries, outputs))
-        ]
+        return fusion_requests(self.orch, self.expert, queries,
+                               [[o.text for o in outs if o.error is None] for outs in outputs])
 
     def combine(self, queries: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
                 selections: Sequence[Selection | None]) -> list[Aggregate]:

@@ -10,10 +10,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..aggregation.fuse import fusion_messages
+from ..aggregation.fuse import fusion_requests
 from ..benchmarks.extract import extract_answer, is_correct
 from ..routing.base import check_experts
-from ..types import ExpertOutput, GenerationRequest, Query
+from ..types import ExpertOutput, Query
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,15 @@ def aggregation_items(queries: Sequence[Query], outputs: Sequence[Sequence[Exper
     return items
 
 
-def rank_aggregators(orch, items: Sequence[AggregationItem], candidates: Sequence[str],
-                     budget: int = 256) -> dict:
+def rank_aggregators(orch, items: Sequence[AggregationItem], candidates: Sequence[str]) -> dict:
     """Every candidate fuses every item; all prompts run in one grouped execution (each
     candidate loads once). Returns {"n_items", "ranking": [{expert, accuracy, correct}]}."""
     check_experts(list(candidates), orch.pool)
+    queries = [item.query for item in items]
+    responses = [[o.text for o in item.responses] for item in items]
     requests = []
     for expert in candidates:
-        sampling = orch.sampling_for(orch.specs[expert])
-        for item in items:
-            requests.append(GenerationRequest(
-                expert=expert, sampling=sampling, query_id=item.query.id, index=len(requests),
-                messages=fusion_messages(item.query, [o.text for o in item.responses], budget),
-                question=item.query.question,
-            ))
+        requests += fusion_requests(orch, expert, queries, responses, len(requests))
     results, stats = orch.executor.execute(requests)
     orch.totals.merge(stats)
     correct = dict.fromkeys(candidates, 0)

@@ -74,8 +74,7 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
                 "No validation question has one right and two wrong expert answers, so the "
                 "aggregation benchmark is empty; use more validation questions (drop --limit) "
                 "or skip --aggregators.")
-        meta["aggregators"] = rank_aggregators(orch, items, list(aggregators),
-                                               orch.config.aggregation.response_budget)
+        meta["aggregators"] = rank_aggregators(orch, items, list(aggregators))
     return Profile(
         pool=orch.pool.name,
         annotator={"name": annotator.name, **getattr(annotator, "describe", lambda: {})()},
