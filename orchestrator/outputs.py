@@ -138,6 +138,18 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
     }
 
 
+def check_answered(result: RunResult, label: str = "") -> None:
+    """Refuse to write a run in which every generation failed (nothing in it is an answer)."""
+    outputs = [o for a in result.answers for o in a.outputs]
+    if outputs and all(o.error for o in outputs):
+        from .errors import BackendError
+
+        raise BackendError(
+            f"{label}all {len(outputs)} generations failed, so no results were written; the "
+            f"first error: {outputs[0].error}"
+        )
+
+
 def write_run(out_dir: str | Path, result: RunResult, extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     """Write results.jsonl then summary.json; returns the summary."""

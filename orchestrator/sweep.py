@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import PoolConfig, RunConfig
-from .errors import BackendError, RoutingError, UserError
-from .outputs import atomic_save_figure, atomic_write_text, write_run
+from .errors import RoutingError, UserError
+from .outputs import atomic_save_figure, atomic_write_text, check_answered, write_run
 from .routing.base import check_k
 from .types import Query
 from .workers.cache import CachingExecutor
@@ -67,12 +67,8 @@ def run_sweep(orch, queries: Sequence[Query], ks: Sequence[int],
         before = cache.misses
         result = orch.evaluate(queries)
         result = replace(result, config=result.config.model_copy(update={"k": k}))
+        check_answered(result, f"k={k}: ")
         outputs = [o for a in result.answers for o in a.outputs]
-        if outputs and all(o.error for o in outputs):
-            raise BackendError(
-                f"k={k}: all {len(outputs)} generations failed, so no results were written for "
-                f"it; the first error: {outputs[0].error}"
-            )
         acc = result.accuracy
         row = {
             "k": k,

@@ -43,10 +43,9 @@ def run(
     score, and write results.jsonl and summary.json to --out."""
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
-    from ..errors import BackendError
     from ..evaluation import baselines as evaluate_baselines
     from ..evaluation import free_to_evaluate
-    from ..outputs import write_run
+    from ..outputs import check_answered, write_run
     from .render import expert_table, summary_lines
     from .report import report_after_run
 
@@ -69,12 +68,7 @@ def run(
         extra = {"benchmark": str(bench), "dry_run": dry_run}
         if baselines or (baselines is None and free_to_evaluate(orch)):
             extra["evaluation"] = evaluate_baselines(orch, queries, result.answers)
-    outputs = [o for a in result.answers for o in a.outputs]
-    if outputs and all(o.error for o in outputs):
-        raise BackendError(
-            f"all {len(outputs)} generations failed, so no results were written; the first "
-            f"error: {outputs[0].error}"
-        )
+    check_answered(result)
     summary = write_run(out_dir, result, extra)
     report = report_after_run(out_dir)  # warns on a failed plot, never fails the run
     out.print(expert_table(summary))
