@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.benchmarks.readers import read_benchmark  # noqa: E402
-from orchestrator.evaluation import all_expert_answers  # noqa: E402
+from orchestrator.evaluation import all_expert_answers, reference_points  # noqa: E402
 from orchestrator.profiling import build_profile  # noqa: E402
 from orchestrator.profiling.profile import Profile  # noqa: E402
 from orchestrator.skills import DEFAULT_VOCABULARY, load_vocabulary  # noqa: E402
@@ -79,16 +79,10 @@ def measure(pool: Path, profile: Path, queries, router: str, **routing) -> dict:
 
 
 def references(pool: Path, queries) -> dict:
-    from orchestrator.aggregation.vote import majority
-    from orchestrator.benchmarks.extract import is_correct
-
     with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
-        experts, correct, answers = all_expert_answers(orch, queries)
-    votes = [majority(row)[0] for row in answers]
-    vote = sum(bool(is_correct(v, q.gold, q.answer_type)) for v, q in zip(votes, queries))
-    per_expert = correct.mean(axis=0)
-    return {"best_single": float(per_expert.max()), "majority_all": vote / len(queries),
-            "oracle": float(correct.any(axis=1).mean())}
+        refs = reference_points(queries, *all_expert_answers(orch, queries))
+    return {"best_single": refs["best_single"]["accuracy"], "majority_all": refs["majority_all"],
+            "oracle": refs["oracle"]}
 
 
 def cli_run(pool: Path, profile: Path) -> dict:

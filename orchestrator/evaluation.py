@@ -12,6 +12,8 @@ from .aggregation.vote import majority
 from .benchmarks.extract import extract_answer, is_correct
 from .types import Answer, Query, Selection
 
+NO_DOMAIN = "(none)"  # the domain of questions that have none
+
 
 def all_expert_answers(orch, queries: Sequence[Query]) -> tuple[list[str], np.ndarray, list]:
     """(expert ids, [n, E] correctness, [n][E] extracted answers) with every expert on every
@@ -38,23 +40,34 @@ def baselines(orch, queries: Sequence[Query], routed: Sequence[Answer]) -> dict:
     scored = [i for i, q in enumerate(queries) if q.gold is not None]
     if not scored:
         return {}
-    experts, correct, answers = all_expert_answers(orch, [queries[i] for i in scored])
+    scored_queries = [queries[i] for i in scored]
+    experts, correct, answers = all_expert_answers(orch, scored_queries)
+    refs = reference_points(scored_queries, experts, correct, answers)
+    routed_ok = np.array([bool(routed[i].correct) for i in scored])
+    best = experts.index(refs["best_single"]["expert"])
+    return {
+        "n": len(scored),
+        "routed": round(float(routed_ok.mean()), 4),
+        **refs,
+        "per_domain": per_domain([q.domain for q in scored_queries], routed_ok, correct, best),
+    }
+
+
+def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: np.ndarray,
+                     answers: Sequence[Sequence[str | None]]) -> dict:
+    """Best single expert, random single expert, majority vote of all and oracle, from every
+    expert's answers ([n][E]) and correctness ([n, E]) on the same questions."""
     per_expert = correct.mean(axis=0)
     best = int(per_expert.argmax())
     votes = [majority(row)[0] for row in answers]
-    vote_acc = np.mean([bool(is_correct(v, queries[i].gold, queries[i].answer_type))
-                        for v, i in zip(votes, scored)])
-    routed_acc = np.mean([bool(routed[i].correct) for i in scored])
+    vote_acc = np.mean([bool(is_correct(v, q.gold, q.answer_type))
+                        for v, q in zip(votes, queries)])
     return {
-        "n": len(scored),
-        "routed": round(float(routed_acc), 4),
         "best_single": {"expert": experts[best], "accuracy": round(float(per_expert[best]), 4)},
         "random_single": round(float(per_expert.mean()), 4),
         "majority_all": round(float(vote_acc), 4),
         "oracle": round(float(correct.any(axis=1).mean()), 4),
         "per_expert": {e: round(float(a), 4) for e, a in zip(experts, per_expert)},
-        "per_domain": per_domain([queries[i].domain for i in scored],
-                                 np.array([bool(routed[i].correct) for i in scored]), correct, best),
     }
 
 
@@ -62,7 +75,7 @@ def per_domain(domains: Sequence[str | None], routed: np.ndarray, correct: np.nd
                best: int) -> dict:
     """{domain: {n, routed, best_single, oracle}} from [n] routed and [n, E] expert correctness;
     best_single is the overall best expert (column `best`) on that domain's questions."""
-    names = np.array([d or "(none)" for d in domains], dtype=object)
+    names = np.array([d or NO_DOMAIN for d in domains], dtype=object)
     table = {}
     for name in sorted(set(names)):
         rows = names == name

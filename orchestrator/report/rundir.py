@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..evaluation import NO_DOMAIN
 
-NO_DOMAIN = "(none)"
 SUMMARY_KEYS = ("n", "accuracy", "k", "mean_k", "router", "aggregator", "pool", "experts")
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rundir import NO_DOMAIN, RunDir
+from ..evaluation import NO_DOMAIN
+from .rundir import RunDir
 
 OVERALL = "all"
 
