@@ -78,9 +78,9 @@ class Live:
         self.serving = app.state.serving
         self.backend: Recording | None = orch.backends.instances().get("fake")
 
-    def client(self, key: str | None = None) -> openai.OpenAI:
+    def client(self, key: str | None = None, timeout: float = 10) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "unused", max_retries=0,
-                             timeout=10)
+                             timeout=timeout)
 
     def post(self, path: str, body=None, key: str | None = None, **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -426,7 +426,7 @@ def test_draining_refuses_new_work_and_finishes_in_flight(tmp_path):
 def test_real_completion_on_the_smollm2_pool():
     orch = Orchestrator.from_files(ROOT / "pools" / "cpu-demo.yaml", router="fixed")
     with live(orch) as s:
-        client = s.client()
+        client = s.client(timeout=180)  # the first request loads the model (and may convert it)
         reply = client.chat.completions.create(
             model="orchestrator", messages=[{"role": "user", "content": "Name a colour."}],
             max_tokens=8, extra_body={"k": 1})
