@@ -28,13 +28,22 @@ class ExpertConfig(StrictModel):
     id: ExpertId = Field(pattern=_ID_PATTERN)
     backend: str
     model: str = ""
-    adapter: str | None = None
+    adapter: str | None = Field(default=None, description="a PEFT LoRA folder on `model`")
+    lora_moe: str | None = Field(default=None, description="a LoRA-MoE folder (`orchestrate "
+                                 "lora-moe train`) on `model`: a gate mixing LoRA experts")
     system_prompt: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=131072)
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_adaptation(self) -> ExpertConfig:
+        if self.adapter and self.lora_moe:
+            raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
+                             "folder already names its LoRA experts, so give only lora_moe")
+        return self
 
     def to_spec(self) -> ExpertSpec:
         return ExpertSpec(**self.model_dump())

@@ -160,7 +160,15 @@ class Orchestrator:
 
     def check(self) -> list[tuple[ExpertSpec, str]]:
         """Validate every expert's options and resolve its model, loading nothing."""
-        return [(s, self.backends.for_expert(s).check(s)) for s in self.specs.values()]
+        rows = []
+        for spec in self.specs.values():
+            backend = self.backends.for_expert(spec)
+            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe")):
+                if getattr(spec, key) and not getattr(backend, capability, False):
+                    raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
+                                      f"'{spec.backend}' cannot serve; use backend: transformers.")
+            rows.append((spec, backend.check(spec)))
+        return rows
 
     # -- annotation -------------------------------------------------------------------------
 

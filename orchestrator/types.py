@@ -31,6 +31,7 @@ class ExpertSpec:
     backend: str
     model: str = ""
     adapter: str | None = None
+    lora_moe: str | None = None
     system_prompt: str | None = None
     dtype: str | None = None
     max_tokens: int | None = None

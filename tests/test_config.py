@@ -77,3 +77,16 @@ def test_relative_model_paths_resolve_against_the_manifest(tmp_path):
         {"id": "a", "backend": "transformers", "model": "models/m"}]))
     ref = resolve(pool.experts[0].model, pool.base_dir)
     assert ref.kind == "folder" and ref.path.endswith("models/m")
+
+
+def test_lora_moe_experts_need_a_backend_that_serves_them(tmp_path):
+    from orchestrator import Orchestrator
+
+    both = write_pool(tmp_path / "both.yaml", [
+        {"id": "m", "backend": "transformers", "model": "x", "adapter": "a", "lora_moe": "g"}])
+    with pytest.raises(ConfigError, match="give only lora_moe"):
+        load_pool(both)
+    fake = write_pool(tmp_path / "fake.yaml", [
+        {"id": "m", "backend": "fake", "model": "fake", "lora_moe": "g"}])
+    with Orchestrator.from_files(fake) as orch, pytest.raises(ConfigError, match="cannot serve"):
+        orch.check()

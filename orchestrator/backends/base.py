@@ -61,6 +61,7 @@ class BaseBackend:
     name: ClassVar[str] = "base"
     needs_gpu: ClassVar[bool] = False
     supports_lora: ClassVar[bool] = False
+    supports_lora_moe: ClassVar[bool] = False  # token-level LoRA mixtures (`lora_moe:`)
     resident_limit: ClassVar[int | None] = None
     Options: ClassVar[type[BackendOptions]] = BackendOptions
 
