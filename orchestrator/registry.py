@@ -54,6 +54,7 @@ BACKENDS.register("fake", "orchestrator.backends.fake:FakeBackend")
 BACKENDS.register("transformers", "orchestrator.backends.transformers_backend:TransformersBackend")
 BACKENDS.register("openai_http", "orchestrator.backends.openai_http:OpenAIHTTPBackend")
 BACKENDS.register("replay", "orchestrator.backends.replay:ReplayBackend")
+BACKENDS.register("vllm", "orchestrator.backends.vllm_backend:VLLMBackend")
 
 ROUTERS.register("fixed", "orchestrator.routing.fixed:FixedRouter")
 ROUTERS.register("random", "orchestrator.routing.random:RandomRouter")
