@@ -56,7 +56,7 @@ def main() -> None:
 
     queries = read_benchmark(ROOT / "samples" / "demo.jsonl", limit=args.questions)
     # Warm-up outside the timings: converts the GGUF once if the cache is cold.
-    with Orchestrator.from_files(ROOT / "pools" / "cpu-demo.yaml", experts=["smol-direct"],
+    with Orchestrator.from_files(ROOT / "pools" / "cpu-demo.yaml", experts=["smol-reasoner"],
                                  max_tokens=1, threads=args.threads) as orch:
         orch.run(queries[:1])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator import ConfigError, load_config, load_pool
@@ -12,11 +14,16 @@ from .conftest import ROOT, write_pool
 
 def test_shipped_pool_and_presets_are_valid():
     pool = load_pool(ROOT / "pools" / "cpu-demo.yaml")
-    assert pool.expert_ids == ["smol-direct", "smol-reasoner", "smol-sampler"]
+    assert pool.expert_ids == ["smol-math", "smol-mc", "smol-reasoner"]
     specs = pool.specs()
-    # the three experts really differ: prompts and decoding
+    # the three experts really differ: adapters, prompts and decoding
     assert len({s.system_prompt for s in specs.values()}) == 3
-    assert len({(s.max_tokens, s.temperature) for s in specs.values()}) == 3
+    assert len({(s.adapter, s.max_tokens) for s in specs.values()}) == 3
+    for spec in specs.values():  # each adapter is shipped, with the prompt it was trained with
+        if spec.adapter:
+            record = json.loads((pool.base_dir / spec.adapter / "training.json").read_text())
+            assert record["system_prompt"] == spec.system_prompt
+            assert record["base"] == spec.model
     for preset in (ROOT / "configs").glob("*.yaml"):
         load_config(preset)
 

@@ -432,9 +432,9 @@ def test_real_completion_on_the_smollm2_pool():
             max_tokens=8, extra_body={"k": 1})
         assert reply.choices[0].message.content.strip()
         assert 0 < reply.usage.completion_tokens <= 8
-        assert reply.model_extra["orchestrator"]["experts"][0]["id"] == "smol-direct"
+        assert reply.model_extra["orchestrator"]["experts"][0]["id"] == "smol-math"
         chunks = list(client.chat.completions.create(
-            model="smol-direct", messages=[{"role": "user", "content": "Name a colour."}],
+            model="smol-math", messages=[{"role": "user", "content": "Name a colour."}],
             max_tokens=8, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
             reply.choices[0].message.content

@@ -1,5 +1,6 @@
-"""Adapters for pool experts: LoRA training on benchmark files (`orchestrate lora train`).
+"""Adapters for pool experts: LoRA training on benchmark files (`data.py`, `train.py`:
+`orchestrate lora train`) and token-level LoRA mixtures (`lora_moe/`).
 
-Nothing heavy is imported here: `train` and `data` import torch, transformers and peft only
-inside the functions that need them.
+Nothing heavy is imported here: torch, transformers and peft are imported inside the functions
+that need them.
 """

@@ -3,15 +3,25 @@
 All prompts of a batch go through one `generate` call with left padding and the model's chat
 template; bf16 on CPU by default; greedy, or sampled with a seed. torch and transformers are
 imported when the first expert loads, not before.
+
+LoRA experts: experts on the same base (same resolved model folder, dtype, device and loading
+options), with or without an `adapter:`, share ONE loaded base model. Each adapter is attached
+to it by name (`PeftModel.load_adapter(path, adapter_name=expert id)`); a batch selects its
+expert's adapter with `set_adapter`, and a base expert runs inside `disable_adapter()`, so
+switching experts never reloads weights. Releasing an expert deletes its adapter; the base is
+freed when no expert uses it any more. `counts` records real loads for tests and reports.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from contextlib import nullcontext
+from dataclasses import astuple, dataclass, field
 from itertools import groupby
+from pathlib import Path
 
 from ..errors import BackendError, UserError
 from ..modelref import describe, local_folder, resolve
@@ -40,12 +50,50 @@ class BatchReport:
 
 
 @dataclass
+class LoadCounts:
+    """Real work done: a base expert that shares a loaded base adds no `base` load."""
+
+    base: int = 0
+    adapter: int = 0
+    base_released: int = 0
+    adapter_released: int = 0
+
+
+@dataclass(frozen=True)
+class BaseKey:
+    """What makes two experts' base models interchangeable (`max_context` is per expert)."""
+
+    folder: str
+    dtype: str
+    device: str
+    trust_remote_code: bool
+    attn_implementation: str | None
+
+
+@dataclass
+class _Base:
+    key: BaseKey
+    model: object  # the PreTrainedModel, or a PeftModel around it while adapters are attached
+    tokenizer: object
+    users: set[str] = field(default_factory=set)  # expert ids on this base
+    adapters: set[str] = field(default_factory=set)  # adapter names (= expert ids) attached
+
+
+@dataclass
 class _Loaded:
     spec: ExpertSpec
-    model: object
-    tokenizer: object
+    base: _Base
+    adapter: str | None
     max_context: int
     device: str
+
+    @property
+    def model(self):
+        return self.base.model
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
 
 
 class TransformersBackend(BaseBackend):
@@ -56,82 +104,159 @@ class TransformersBackend(BaseBackend):
     def __init__(self, context=None):
         super().__init__(context)
         self.reports: list[BatchReport] = []
+        self.counts = LoadCounts()
+        self._bases: dict[BaseKey, _Base] = {}
+
+    @property
+    def bases(self) -> int:
+        """Base models held in memory now."""
+        return len(self._bases)
 
     def check(self, expert: ExpertSpec) -> str:
         self.options(expert)
-        return describe(resolve(expert.model, self.context.base_dir))
+        resolved = describe(resolve(expert.model, self.context.base_dir))
+        if expert.adapter:
+            resolved += f", LoRA {self._adapter_path(expert)}"
+        return resolved
 
     def load(self, expert: ExpertSpec) -> None:
+        if expert.id in self._loaded:
+            return
         opts = self.options(expert)
         ref = resolve(expert.model, self.context.base_dir)
-        folder = local_folder(ref)
+        adapter = self._adapter_path(expert) if expert.adapter else None  # before any loading
+        key = BaseKey(local_folder(ref), expert.dtype or "bfloat16", opts.device,
+                      opts.trust_remote_code, opts.attn_implementation)
+        base = self._bases.get(key) or self._load_base(key, expert, local_only=ref.kind != "hub")
+        if adapter is not None:
+            try:
+                self._attach(base, expert, adapter)
+            except Exception:
+                if not base.users:  # loaded for this expert only
+                    self._drop_base(base)
+                raise
+        base.users.add(expert.id)
+        max_context = opts.max_context or getattr(
+            _plain(base.model).config, "max_position_embeddings", 2048)
+        self._loaded[expert.id] = _Loaded(
+            expert, base, expert.id if adapter else None, int(max_context), opts.device)
+
+    def _load_base(self, key: BaseKey, expert: ExpertSpec, local_only: bool) -> _Base:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         torch.set_num_threads(self.context.torch_threads())
-        dtype = expert.dtype or "bfloat16"
-        dtype = "auto" if dtype == "auto" else getattr(torch, _DTYPES[dtype])
-        local_only = ref.kind != "hub"
+        dtype = "auto" if key.dtype == "auto" else getattr(torch, _DTYPES[key.dtype])
+        start = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=opts.trust_remote_code, local_files_only=local_only
+                key.folder, trust_remote_code=key.trust_remote_code, local_files_only=local_only
             )
-            kwargs = {"dtype": dtype, "trust_remote_code": opts.trust_remote_code}
-            if opts.attn_implementation:
-                kwargs["attn_implementation"] = opts.attn_implementation
+            kwargs = {"dtype": dtype, "trust_remote_code": key.trust_remote_code}
+            if key.attn_implementation:
+                kwargs["attn_implementation"] = key.attn_implementation
             model = AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=local_only, **kwargs
+                key.folder, local_files_only=local_only, **kwargs
             )
         except (OSError, ValueError) as err:
             raise BackendError(
                 f"Expert '{expert.id}': loading model '{expert.model}' failed: {err}"
             ) from err
-        if expert.adapter:
-            model = self._attach_adapter(expert, model)
-        model.to(opts.device).eval()
+        model.to(key.device).eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        max_context = opts.max_context or getattr(model.config, "max_position_embeddings", 2048)
-        self._loaded[expert.id] = _Loaded(expert, model, tokenizer, int(max_context), opts.device)
+        self.counts.base += 1
+        log.info("loaded base model %s (%s, %s) in %.1fs for expert %s", expert.model, key.dtype,
+                 key.device, time.perf_counter() - start, expert.id)
+        base = _Base(key, model, tokenizer)
+        self._bases[key] = base
+        return base
 
-    def _attach_adapter(self, expert: ExpertSpec, model):
-        from pathlib import Path
+    def _adapter_path(self, expert: ExpertSpec) -> Path:
+        """The adapter folder: relative to the pool manifest's folder, else to the working
+        directory."""
+        path = Path(expert.adapter).expanduser()
+        tried = [path]
+        if not path.is_absolute() and self.context.base_dir is not None:
+            tried.insert(0, self.context.base_dir / path)
+        for candidate in tried:
+            if (candidate / "adapter_config.json").is_file():
+                return candidate.resolve()
+        raise UserError(
+            f"Expert '{expert.id}': adapter '{expert.adapter}' is not a PEFT adapter folder (no "
+            f"adapter_config.json in {' or '.join(repr(str(p)) for p in tried)}). Give a folder "
+            "written by `orchestrate lora train` or PEFT's save_pretrained, relative to the pool "
+            "file."
+        )
 
+    def _attach(self, base: _Base, expert: ExpertSpec, path: Path) -> None:
         from peft import PeftModel
 
-        path = Path(expert.adapter).expanduser()
-        if not path.is_absolute() and self.context.base_dir is not None:
-            path = self.context.base_dir / path
-        if not (path / "adapter_config.json").is_file():
-            raise UserError(
-                f"Expert '{expert.id}': adapter '{expert.adapter}' is not a PEFT adapter folder "
-                f"(no adapter_config.json at '{path}')."
-            )
-        return PeftModel.from_pretrained(model, str(path), adapter_name=expert.id)
+        _warn_prompt_mismatch(expert, path)
+        start = time.perf_counter()
+        try:
+            if isinstance(base.model, PeftModel):
+                base.model.load_adapter(str(path), adapter_name=expert.id)
+            else:
+                base.model = PeftModel.from_pretrained(base.model, str(path), adapter_name=expert.id)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise BackendError(
+                f"Expert '{expert.id}': adapter '{expert.adapter}' does not fit model "
+                f"'{expert.model}': {err}. Use an adapter trained on this base model."
+            ) from err
+        base.model.to(base.key.device).eval()
+        base.adapters.add(expert.id)
+        self.counts.adapter += 1
+        log.info("attached LoRA adapter %s to %s as '%s' in %.2fs (no base reload)",
+                 expert.adapter, expert.model, expert.id, time.perf_counter() - start)
 
     def release(self, expert_id: str) -> None:
-        if self._loaded.pop(expert_id, None) is not None:
-            import gc
+        loaded = self._loaded.pop(expert_id, None)
+        if loaded is None:
+            return
+        base = loaded.base
+        base.users.discard(expert_id)
+        if loaded.adapter is not None and loaded.adapter in base.adapters:
+            self._detach(base, loaded.adapter)
+        if not base.users:
+            self._drop_base(base)
 
-            gc.collect()
+    def _detach(self, base: _Base, name: str) -> None:
+        base.adapters.discard(name)
+        if base.adapters:
+            import warnings
+
+            with warnings.catch_warnings():  # "Adapter X was active which is now deleted"
+                warnings.simplefilter("ignore", UserWarning)
+                base.model.delete_adapter(name)
+        else:  # a PeftModel without adapters cannot run: back to the plain model
+            base.model = base.model.unload()
+        self.counts.adapter_released += 1
+        log.debug("deleted adapter '%s'", name)
+
+    def _drop_base(self, base: _Base) -> None:
+        import gc
+
+        if self._bases.pop(base.key, None) is not None:
+            self.counts.base_released += 1
+            log.debug("freed base model %s", base.key.folder)
+        gc.collect()
 
     # -- generation -------------------------------------------------------------------------
 
     def _render(self, tokenizer, request: GenerationRequest) -> str:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return render_prompt(tokenizer, request.messages)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         out: dict[int, GenerationResult] = {}
         def key(i: int):
             return requests[i].expert, astuple(requests[i].sampling)
+
+        for expert_id in {r.expert for r in requests}:
+            self.loaded(expert_id)  # every expert is loaded, checked before any generation
 
         for (expert_id, _), group in groupby(sorted(range(len(requests)), key=key), key=key):
             idx = list(group)
@@ -191,7 +316,7 @@ class TransformersBackend(BaseBackend):
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=0)
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), _selected(loaded):
             out = loaded.model.generate(**enc, **kwargs)
         seconds = time.perf_counter() - start
         prompt_len = enc["input_ids"].shape[1]
@@ -210,8 +335,52 @@ class TransformersBackend(BaseBackend):
         return items
 
 
+def _selected(loaded: _Loaded):
+    """Make `loaded`'s adapter the active one; a base expert on a base that carries adapters
+    runs with all of them disabled."""
+    model = loaded.model
+    if loaded.adapter is not None:
+        if model.active_adapter != loaded.adapter:
+            model.set_adapter(loaded.adapter)
+        return nullcontext()
+    if loaded.base.adapters:
+        return model.disable_adapter()
+    return nullcontext()
+
+
+def _plain(model):
+    """The transformers model under a PeftModel (its config and generation config)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+def _warn_prompt_mismatch(expert: ExpertSpec, path: Path) -> None:
+    """An adapter answers best with the system prompt it was trained with (training.json)."""
+    record = path / "training.json"
+    if not record.is_file():
+        return
+    try:
+        trained = json.loads(record.read_text(encoding="utf-8")).get("system_prompt")
+    except (OSError, ValueError):
+        return
+    if trained is not None and " ".join(trained.split()) != " ".join((expert.system_prompt or "").split()):
+        log.warning("expert %s: adapter %s was trained with the system prompt %r, the pool gives "
+                    "%r; copy the trained one into the pool for the best answers", expert.id,
+                    expert.adapter, trained, expert.system_prompt)
+
+
+def render_prompt(tokenizer, messages) -> str:
+    """The text generation continues from: the chat template with the assistant turn opened, or
+    the messages joined by blank lines for a model without a template. `lora train` renders its
+    training prompts with this same function."""
+    turns = [{"role": m.role, "content": m.content} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    return "\n\n".join(m["content"] for m in turns) + "\n\n"
+
+
 def _stop_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = getattr(_plain(model).generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
     return {i for i in ids if i is not None}

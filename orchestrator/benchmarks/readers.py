@@ -107,7 +107,9 @@ def read_gsm8k(path: Path) -> list[Query]:
         gold = gsm8k_final(answer)
         if not gold:
             raise _fail(path, where, "field 'answer' has no final value after '####'")
-        queries.append(_make(f"{path.stem}-{lineno}", question, gold, domain="math"))
+        # the worked solution stays in meta: `orchestrate lora train` learns from it
+        queries.append(_make(f"{path.stem}-{lineno}", question, gold, domain="math",
+                             meta={"solution": answer}))
     return queries
 
 
