@@ -109,8 +109,9 @@ def test_grouped_kernel_skips_null_experts_and_top_p_varies_the_count(experts):
     assert ((torch.cat([c for c, _ in layer.records]) >= 0).sum(dim=-1) == 3).all()
 
 
-def test_gradients_reach_only_the_gates(experts):
-    moe = make_moe(experts)
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_gradients_reach_only_the_gates(experts, top_k):
+    moe = make_moe(experts, top_k=top_k)  # at top-1 too: the weight is the gate probability
     moe.train()
     params = moe.gate_parameters()
     batch = ids(2, 12)
@@ -123,6 +124,17 @@ def test_gradients_reach_only_the_gates(experts):
         if id(p) not in gate_ids:
             assert p.grad is None and not p.requires_grad, name
     assert all(not layer.lora_A.requires_grad for layer in moe.layers.values())
+
+
+def test_weights_are_gate_probabilities_or_renormalized(experts):
+    x = torch.randn(5, 32)
+    for renormalize in (False, True):
+        moe = make_moe(experts, top_k=2, renormalize=renormalize)
+        gate = moe.layers["model.layers.0.self_attn.q_proj"].gate
+        routing = gate(x)
+        top2 = routing.probs.topk(2, dim=-1).values
+        expected = top2 / top2.sum(-1, keepdim=True) if renormalize else top2
+        torch.testing.assert_close(routing.weight, expected)
 
 
 def test_balance_loss_is_one_when_balanced_and_grows_when_collapsed():

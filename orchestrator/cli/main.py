@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import pools
+from . import lora, lora_moe, pools
 from .profile import profile
 from .report import report
 from .route import route
@@ -28,6 +28,8 @@ app.command("report")(report)
 app.command("sweep")(sweep)
 app.command("serve")(serve)
 app.add_typer(pools.app, name="pools")
+app.add_typer(lora.app, name="lora")
+app.add_typer(lora_moe.app, name="lora-moe")
 
 
 def _version(value: bool) -> None:

@@ -35,6 +35,8 @@ class LoraMoeConfig(StrictModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     null_experts: int = Field(default=0, ge=0, le=64)
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    renormalize: bool = Field(default=False, description="weights: the chosen experts' gate "
+                              "probabilities (False) or those divided by their sum (True)")
     aux_loss_coef: float = Field(default=0.01, ge=0.0, le=10.0,
                                  description="weight of the load-balance loss")
     gate: Literal["per-layer", "shared"] = "per-layer"

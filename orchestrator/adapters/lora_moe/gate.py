@@ -16,18 +16,22 @@ from torch import nn
 class Routing:
     probs: torch.Tensor  # [T, C] softmax of the gate logits (float32)
     index: torch.Tensor  # [T, k] chosen experts, best first
-    weight: torch.Tensor  # [T, k] mixing weights; 0 for a slot top_p dropped; rows sum to 1
+    weight: torch.Tensor  # [T, k] mixing weights; 0 for a slot top_p dropped
 
 
 class LoraMoeGate(nn.Module):
-    """A bias-free linear router. `force(i)` pins every token to expert i with weight 1 (for
-    checks and ablations); `force(None)` restores learned routing."""
+    """A bias-free linear router. A chosen expert's weight is its gate probability (Switch,
+    AdaMoE: the gate learns from the LM loss even at top-1, and a token may use its experts at
+    less than full strength), or, with `renormalize`, that probability divided by the chosen
+    ones' sum (Mixtral). `force(i)` pins every token to expert i with weight 1 (for checks and
+    ablations); `force(None)` restores learned routing."""
 
     def __init__(self, in_features: int, n_choices: int, *, top_k: int, top_p: float | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, renormalize: bool = False):
         super().__init__()
         self.proj = nn.Linear(in_features, n_choices, bias=False)  # weight [C, in]
         self.n_choices, self.top_k, self.top_p, self.temperature = n_choices, top_k, top_p, temperature
+        self.renormalize = renormalize
         self.forced: int | None = None
         nn.init.normal_(self.proj.weight, std=0.02)
 
@@ -47,7 +51,7 @@ class LoraMoeGate(nn.Module):
             # Keep the fewest best experts whose mass reaches top_p; the first always stays.
             before = top_w.cumsum(dim=-1) - top_w  # [T, k] mass of the better-ranked slots
             top_w = top_w * (before < self.top_p)
-        weight = top_w / top_w.sum(dim=-1, keepdim=True)  # [T, k]
+        weight = top_w / top_w.sum(dim=-1, keepdim=True) if self.renormalize else top_w  # [T, k]
         return Routing(probs, index, weight)
 
 

@@ -86,7 +86,7 @@ class LoraMoeModel(nn.Module):
     def _new_gate(self, in_features: int) -> LoraMoeGate:
         c = self.config
         return LoraMoeGate(in_features, c.n_choices, top_k=c.top_k, top_p=c.top_p,
-                           temperature=c.temperature)
+                           temperature=c.temperature, renormalize=c.renormalize)
 
     def _inject(self, path: str, experts: list[LoraExpert]) -> None:
         base = self.model.get_submodule(path)
@@ -176,6 +176,10 @@ class LoraMoeModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def get_base_model(self) -> nn.Module:
+        """The Hugging Face model (with the LoRA-MoE layers in it), as PeftModel names it."""
+        return self.model
 
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
