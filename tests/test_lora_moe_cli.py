@@ -98,3 +98,34 @@ def test_user_errors_are_one_line_and_write_nothing(world):
     assert (out / "keep.txt").read_text() == "mine"
     not_moe = invoke("lora-moe", "inspect", world["base"], "--prompt", "hi")
     assert not_moe.exit_code == 2 and "no lora_moe_config.json" in not_moe.output
+
+
+def test_a_trained_mixture_is_a_pool_expert_of_the_transformers_backend(world, tmp_path):
+    from orchestrator.backends.base import BackendContext
+    from orchestrator.backends.transformers_backend import TransformersBackend
+    from orchestrator.errors import UserError
+    from orchestrator.types import ExpertSpec, GenerationRequest, Message, Sampling
+
+    out = world["root"] / "served"
+    assert train(world, out, "--top-k", 2).exit_code == 0
+    common = {"backend": "transformers", "model": str(world["base"]), "dtype": "float32"}
+    moe = ExpertSpec(id="mix", lora_moe=str(out), **common)
+    plain = ExpertSpec(id="plain", **common)
+    backend = TransformersBackend(BackendContext(threads=1))
+    assert "LoRA-MoE" in backend.check(moe) and "top-2" in backend.check(moe)
+    for spec in (moe, plain):
+        backend.load(spec)
+    assert backend.counts.base == 2  # the mixture changes its model in place: its own copy
+    prompts = [[Message("user", "which letter is the answer ?")], [Message("user", "solve 2 + 3")]]
+    outputs = {}
+    for spec in (moe, plain):
+        results = backend.generate([GenerationRequest(spec.id, tuple(m), Sampling(max_tokens=6))
+                                    for m in prompts])
+        assert all(r.ok for r in results)
+        outputs[spec.id] = [r.text for r in results]
+    layer = backend.loaded("mix").model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert type(layer).__name__ == "LoraMoeLinear"
+    backend.close()
+    assert backend.bases == 0
+    with pytest.raises(UserError, match="not a LoRA-MoE folder"):
+        backend.check(ExpertSpec(id="bad", lora_moe=str(tmp_path), **common))

@@ -68,6 +68,7 @@ class BaseKey:
     device: str
     trust_remote_code: bool
     attn_implementation: str | None
+    lora_moe: str | None = None  # a LoRA-MoE folder: its layers are injected into this copy
 
 
 @dataclass
@@ -99,6 +100,7 @@ class _Loaded:
 class TransformersBackend(BaseBackend):
     name = "transformers"
     supports_lora = True
+    supports_lora_moe = True
     Options = TransformersOptions
 
     def __init__(self, context=None):
@@ -117,6 +119,18 @@ class TransformersBackend(BaseBackend):
         resolved = describe(resolve(expert.model, self.context.base_dir))
         if expert.adapter:
             resolved += f", LoRA {self._adapter_path(expert)}"
+        if expert.lora_moe:
+            from ..adapters.lora_moe.config import LoraMoeConfig
+
+            path = self._lora_moe_path(expert)
+            config = LoraMoeConfig.load(path)
+            missing = [str(p) for p in config.expert_paths(path)
+                       if not (p / "adapter_config.json").is_file()]
+            if missing:
+                raise UserError(f"Expert '{expert.id}': LoRA-MoE '{expert.lora_moe}' names LoRA "
+                                f"experts that are not adapter folders: {', '.join(missing)}. "
+                                "Keep the experts where the gate was trained, or retrain it.")
+            resolved += f", LoRA-MoE {path} ({len(config.experts)} experts, top-{config.top_k})"
         return resolved
 
     def load(self, expert: ExpertSpec) -> None:
@@ -125,8 +139,9 @@ class TransformersBackend(BaseBackend):
         opts = self.options(expert)
         ref = resolve(expert.model, self.context.base_dir)
         adapter = self._adapter_path(expert) if expert.adapter else None  # before any loading
+        moe = str(self._lora_moe_path(expert)) if expert.lora_moe else None
         key = BaseKey(local_folder(ref), expert.dtype or "bfloat16", opts.device,
-                      opts.trust_remote_code, opts.attn_implementation)
+                      opts.trust_remote_code, opts.attn_implementation, moe)
         base = self._bases.get(key) or self._load_base(key, expert, local_only=ref.kind != "hub")
         if adapter is not None:
             try:
@@ -165,6 +180,11 @@ class TransformersBackend(BaseBackend):
                 f"Expert '{expert.id}': loading model '{expert.model}' failed: {err}"
             ) from err
         model.to(key.device).eval()
+        if key.lora_moe is not None:  # layers injected in place; generate is the model's own
+            from ..adapters.lora_moe import LoraMoeModel
+
+            _warn_prompt_mismatch(expert, Path(key.lora_moe))
+            model = LoraMoeModel.load(key.lora_moe, model).to(key.device).model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -190,6 +210,21 @@ class TransformersBackend(BaseBackend):
             f"adapter_config.json in {' or '.join(repr(str(p)) for p in tried)}). Give a folder "
             "written by `orchestrate lora train` or PEFT's save_pretrained, relative to the pool "
             "file."
+        )
+
+    def _lora_moe_path(self, expert: ExpertSpec) -> Path:
+        """The LoRA-MoE folder, found like an adapter folder."""
+        path = Path(expert.lora_moe).expanduser()
+        tried = [path]
+        if not path.is_absolute() and self.context.base_dir is not None:
+            tried.insert(0, self.context.base_dir / path)
+        for candidate in tried:
+            if (candidate / "lora_moe_config.json").is_file():
+                return candidate.resolve()
+        raise UserError(
+            f"Expert '{expert.id}': lora_moe '{expert.lora_moe}' is not a LoRA-MoE folder (no "
+            f"lora_moe_config.json in {' or '.join(repr(str(p)) for p in tried)}). Give the --out "
+            "folder of `orchestrate lora-moe train`, relative to the pool file."
         )
 
     def _attach(self, base: _Base, expert: ExpertSpec, path: Path) -> None:
@@ -355,18 +390,20 @@ def _plain(model):
 
 
 def _warn_prompt_mismatch(expert: ExpertSpec, path: Path) -> None:
-    """An adapter answers best with the system prompt it was trained with (training.json)."""
+    """An adapter (or a LoRA-MoE gate) answers best with the system prompt it was trained with
+    (training.json)."""
     record = path / "training.json"
     if not record.is_file():
         return
     try:
-        trained = json.loads(record.read_text(encoding="utf-8")).get("system_prompt")
-    except (OSError, ValueError):
+        data = json.loads(record.read_text(encoding="utf-8"))
+        trained = data.get("system_prompt", data.get("config", {}).get("system_prompt"))
+    except (OSError, ValueError, AttributeError):
         return
     if trained is not None and " ".join(trained.split()) != " ".join((expert.system_prompt or "").split()):
         log.warning("expert %s: adapter %s was trained with the system prompt %r, the pool gives "
                     "%r; copy the trained one into the pool for the best answers", expert.id,
-                    expert.adapter, trained, expert.system_prompt)
+                    expert.adapter or expert.lora_moe, trained, expert.system_prompt)
 
 
 def render_prompt(tokenizer, messages) -> str:

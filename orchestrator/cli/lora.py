@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, out
+from .common import handle_errors, out
+from .stepbar import StepBar
 
 app = typer.Typer(help="Train LoRA adapters for pool experts.", no_args_is_help=True)
 
@@ -50,7 +51,7 @@ def train(
     )
     command = _command(base, data, out_dir, steps, rank, alpha, lr, batch_size, max_length, modules,
                        system_prompt, exclude, limit, fmt, dtype, seed, layers)
-    bar = _Bar(progress)
+    bar = StepBar(progress)
     try:
         result = train_adapter(
             base, data, out_dir, settings, system_prompt=system_prompt, fmt=fmt,
@@ -83,35 +84,3 @@ def _command(base, data, out_dir, steps, rank, alpha, lr, batch_size, max_length
     if layers:
         args += ["--layers", str(layers)]
     return shlex.join(args)
-
-
-class _Bar:
-    """A rich progress bar over training steps with the latest loss, on stderr; without it, a
-    line every tenth of the run."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self._progress, self._task, self._total = enabled, None, None, 0
-
-    def start(self, total: int) -> None:
-        self._total = total
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err,
-        )
-        self._task = self._progress.add_task("training", total=total, loss="-")
-        self._progress.start()
-
-    def step(self, step: int, loss: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=f"{loss:.3f}")
-        elif step % max(1, self._total // 10) == 0 or step == self._total:
-            err.print(f"step {step}/{self._total} loss {loss:.3f}", markup=False)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, out
+from .common import handle_errors, out
+from .stepbar import StepBar
 
 app = typer.Typer(help="Token-level LoRA-MoE: train a gate over LoRA experts, inspect it.",
                   no_args_is_help=True)
@@ -61,7 +62,7 @@ def train(
     settings = GateSettings(steps=steps, learning_rate=lr, batch_size=batch_size,
                             max_length=max_length, seed=seed, dtype=dtype, threads=threads,
                             log_every=max(1, steps // 4))
-    bar = _Bar(progress)
+    bar = StepBar(progress, "gate", ("loss", "balance"))
     names = moe.names() + [f"null{i}" for i in range(null_experts)]
 
     def show_usage(step: int, usage: dict[str, list[float]]) -> None:
@@ -169,35 +170,3 @@ def _command(moe, data, out_dir, settings, exclude, limit, fmt) -> str:
     if limit:
         args += ["--limit", str(limit)]
     return shlex.join(args)
-
-
-class _Bar:
-    """A rich progress bar over gate training steps (loss and balance loss), on stderr."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self._progress, self._task = enabled, None, None
-
-    def start(self, total: int) -> None:
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]gate"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} balance {task.fields[aux]}"), TimeElapsedColumn(),
-            console=err,
-        )
-        self._task = self._progress.add_task("training", total=total, loss="-", aux="-")
-        self._progress.start()
-
-    def step(self, step: int, loss: float, aux: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=f"{loss:.3f}", aux=f"{aux:.2f}")
-
-    def log(self, line: str) -> None:
-        (self._progress.console if self._progress is not None else err).print(line, markup=False)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None

@@ -41,8 +41,12 @@ class LoraMoeGate(nn.Module):
         self.forced = expert
 
     def forward(self, x: torch.Tensor) -> Routing:  # x [T, in]
-        logits = self.proj(x.to(self.proj.weight.dtype)).float() / self.temperature  # [T, C]
-        probs = logits.softmax(dim=-1)  # [T, C]
+        if x.dtype != self.proj.weight.dtype:
+            x = x.to(self.proj.weight.dtype)
+        logits = self.proj(x)  # [T, C]
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        probs = logits.softmax(dim=-1, dtype=torch.float32)  # [T, C]
         if self.forced is not None:
             index = torch.full((x.shape[0], 1), self.forced, dtype=torch.long, device=x.device)
             return Routing(probs, index, torch.ones(x.shape[0], 1, device=x.device))

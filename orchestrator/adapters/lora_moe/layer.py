@@ -8,7 +8,8 @@ Only the chosen experts are computed for a token. Two equivalent kernels:
 - grouped (prefill, training): per expert, the tokens that chose it, [n_e, in] -> [n_e, r] ->
   [n_e, out], scattered back with index_add.
 Null experts (indices >= N) compute nothing in the grouped kernel; the gather kernel multiplies
-every slot (a null or dropped one by weight 0), which costs little at decode sizes. Experts of
+every slot (a null expert's zero matrices, a dropped slot by weight 0), which costs little at
+decode sizes and saves the masking ops that dominate a decode step's overhead. Experts of
 different ranks are zero-padded to the largest rank, which changes no output.
 """
 
@@ -37,6 +38,10 @@ class RoutingContext:
 
 
 class LoraMoeLinear(nn.Module):
+    """`lora_a` [N, r, in], `lora_b` [N, out, r] and `scaling` [N] of the N LoRA experts. They are
+    stored as [C, r, in] and [C, out, r] (C = N + null experts; a null expert's matrices are
+    zero) with the scaling folded into B, in float32."""
+
     def __init__(self, base: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor,
                  scaling: torch.Tensor, gate: LoraMoeGate, context: RoutingContext, name: str = ""):
         super().__init__()
@@ -45,10 +50,13 @@ class LoraMoeLinear(nn.Module):
             raise ValueError(f"{name}: LoRA shapes A {tuple(lora_a.shape)} and B "
                              f"{tuple(lora_b.shape)} do not fit Linear({base.in_features}, "
                              f"{base.out_features})")
+        nulls = gate.n_choices - n
+        a = torch.cat([lora_a, lora_a.new_zeros(nulls, rank, in_features)])  # [C, r, in]
+        b = torch.cat([lora_b * scaling[:, None, None],
+                       lora_b.new_zeros(nulls, base.out_features, rank)])  # [C, out, r]
         self.base = base
-        self.register_buffer("lora_A", lora_a, persistent=False)  # [N, r, in] float32
-        self.register_buffer("lora_B", lora_b, persistent=False)  # [N, out, r] float32
-        self.register_buffer("scaling", scaling, persistent=False)  # [N]
+        self.register_buffer("lora_A", a.float().contiguous(), persistent=False)
+        self.register_buffer("lora_B", b.float().contiguous(), persistent=False)
         self.gate = gate
         self.context = context
         self.name, self.n_experts = name, n
@@ -68,11 +76,13 @@ class LoraMoeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in]
         out = self.base(x)  # [..., out]
         flat = x.reshape(-1, x.shape[-1])  # [T, in]
+        if flat.dtype != self.lora_A.dtype:
+            flat = flat.to(self.lora_A.dtype)
         routing = self.gate(flat)
         self._observe(routing)
         pairs = routing.index.numel()
         kernel = self._gather if pairs <= GATHER_MAX_PAIRS else self._grouped
-        delta = kernel(flat.to(self.lora_A.dtype), routing)  # [T, out]
+        delta = kernel(flat, routing)  # [T, out]
         return out + delta.to(out.dtype).view(out.shape)
 
     def _observe(self, routing: Routing) -> None:
@@ -92,29 +102,24 @@ class LoraMoeLinear(nn.Module):
             self.usage += torch.bincount(kept, minlength=self.gate.n_choices)
 
     def _gather(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        index, weight = routing.index, routing.weight  # [T, k]
-        real = (index < self.n_experts) & (weight > 0)  # [T, k] null or dropped slots do nothing
-        safe = index.clamp(max=self.n_experts - 1)
-        coef = weight * self.scaling[safe] * real  # [T, k]
-        a = self.lora_A[safe]  # [T, k, r, in]
-        b = self.lora_B[safe]  # [T, k, out, r]
-        h = torch.einsum("tkri,ti->tkr", a, x)  # [T, k, r]
-        y = torch.einsum("tkor,tkr->tko", b, h)  # [T, k, out]
+        index, weight = routing.index, routing.weight  # [T, k]; a dropped slot has weight 0
+        h = torch.matmul(self.lora_A[index], x[:, None, :, None])  # [T, k, r, in] @ [T, 1, in, 1]
+        h = h * weight[:, :, None, None].to(h.dtype)  # [T, k, r, 1]
+        y = torch.matmul(self.lora_B[index], h)  # [T, k, out, r] @ [T, k, r, 1] -> [T, k, out, 1]
         if self.context.count:
-            self.pairs += index.numel()  # every slot is multiplied here, null ones by weight 0
-        return torch.einsum("tko,tk->to", y, coef.to(y.dtype))  # [T, out]
+            self.pairs += index.numel()  # every slot is multiplied here, null ones by zeros
+        return y.sum(dim=1).squeeze(-1)  # [T, out]
 
     def _grouped(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         index, weight = routing.index, routing.weight  # [T, k]
         delta = x.new_zeros(x.shape[0], self.out_features)  # [T, out]
-        for e in range(self.n_experts):
+        for e in range(self.n_experts):  # null experts compute nothing
             rows, slots = torch.nonzero((index == e) & (weight > 0), as_tuple=True)  # [n_e]
             if rows.numel() == 0:
                 continue
             h = x[rows] @ self.lora_A[e].T  # [n_e, r]
-            y = h @ self.lora_B[e].T  # [n_e, out]
-            coef = (weight[rows, slots] * self.scaling[e]).to(y.dtype)  # [n_e]
-            delta.index_add_(0, rows, y * coef.unsqueeze(-1))
+            h = h * weight[rows, slots].to(h.dtype).unsqueeze(-1)  # [n_e, r]
+            delta.index_add_(0, rows, h @ self.lora_B[e].T)  # [n_e, out]
             if self.context.count:
                 self.pairs += rows.numel()
         return delta
