@@ -360,18 +360,14 @@ def readme(name: str, record: dict) -> str:
         f"| seed | {s['seed']} |",
         f"| training time | {record['train_seconds']:.0f} s |",
         f"| loss | {record['loss_first']:.3f} (first steps) -> {record['loss_last']:.3f} (last steps) |",
-        "",
-        "System prompt used to render the training prompts (give the pool expert the same one):",
-        "",
-        f"> {prompt}" if prompt else "> (none)",
-        "",
-        "Command:",
-        "",
-        "```",
-        record["command"] or "(called from Python)",
-        "```",
-        "",
-        "![loss curve](loss.png)",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + readme_footer(
+        "System prompt used to render the training prompts (give the pool expert the same one):",
+        prompt, record["command"]))
+
+
+def readme_footer(prompt_title: str, prompt: str | None, command: str | None) -> list[str]:
+    """The system prompt, the command and the loss curve: the end of every trained folder's
+    README (adapters and LoRA-MoE gates)."""
+    return ["", prompt_title, "", f"> {prompt}" if prompt else "> (none)", "", "Command:", "",
+            "```", command or "(called from Python)", "```", "", "![loss curve](loss.png)", ""]

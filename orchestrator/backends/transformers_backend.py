@@ -27,6 +27,7 @@ from ..errors import BackendError, UserError
 from ..modelref import describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
+from .folders import find_folder
 
 log = logging.getLogger(__name__)
 
@@ -196,36 +197,14 @@ class TransformersBackend(BaseBackend):
         return base
 
     def _adapter_path(self, expert: ExpertSpec) -> Path:
-        """The adapter folder: relative to the pool manifest's folder, else to the working
-        directory."""
-        path = Path(expert.adapter).expanduser()
-        tried = [path]
-        if not path.is_absolute() and self.context.base_dir is not None:
-            tried.insert(0, self.context.base_dir / path)
-        for candidate in tried:
-            if (candidate / "adapter_config.json").is_file():
-                return candidate.resolve()
-        raise UserError(
-            f"Expert '{expert.id}': adapter '{expert.adapter}' is not a PEFT adapter folder (no "
-            f"adapter_config.json in {' or '.join(repr(str(p)) for p in tried)}). Give a folder "
-            "written by `orchestrate lora train` or PEFT's save_pretrained, relative to the pool "
-            "file."
-        )
+        return find_folder(expert.id, "adapter", expert.adapter, "adapter_config.json",
+                           self.context.base_dir, "PEFT adapter", "Give a folder written by "
+                           "`orchestrate lora train` or save_pretrained, relative to the pool file.")
 
     def _lora_moe_path(self, expert: ExpertSpec) -> Path:
-        """The LoRA-MoE folder, found like an adapter folder."""
-        path = Path(expert.lora_moe).expanduser()
-        tried = [path]
-        if not path.is_absolute() and self.context.base_dir is not None:
-            tried.insert(0, self.context.base_dir / path)
-        for candidate in tried:
-            if (candidate / "lora_moe_config.json").is_file():
-                return candidate.resolve()
-        raise UserError(
-            f"Expert '{expert.id}': lora_moe '{expert.lora_moe}' is not a LoRA-MoE folder (no "
-            f"lora_moe_config.json in {' or '.join(repr(str(p)) for p in tried)}). Give the --out "
-            "folder of `orchestrate lora-moe train`, relative to the pool file."
-        )
+        return find_folder(expert.id, "lora_moe", expert.lora_moe, "lora_moe_config.json",
+                           self.context.base_dir, "LoRA-MoE", "Give the --out folder of "
+                           "`orchestrate lora-moe train`, relative to the pool file.")
 
     def _attach(self, base: _Base, expert: ExpertSpec, path: Path) -> None:
         from peft import PeftModel

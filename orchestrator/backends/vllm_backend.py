@@ -22,10 +22,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import BackendError, ConfigError, UserError
+from ..errors import BackendError, ConfigError
 from ..modelref import describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult, Sampling
 from .base import BackendOptions, BaseBackend, failed
+from .folders import find_folder
 from .vllm_engine import Engine, EngineStart, sleep_mode_available
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,9 @@ class VLLMBackend(BaseBackend):
     # -- settings -----------------------------------------------------------------------------
 
     def _adapter_path(self, expert: ExpertSpec) -> Path:
-        path = Path(expert.adapter).expanduser()
-        if not path.is_absolute() and self.context.base_dir is not None:
-            path = Path(self.context.base_dir) / path
-        if not (path / "adapter_config.json").is_file():
-            raise UserError(
-                f"Expert '{expert.id}': adapter '{expert.adapter}' is not a PEFT adapter folder "
-                f"(no adapter_config.json at '{path}'). Give the folder written by "
-                "save_pretrained, relative to the pool manifest or absolute."
-            )
-        return path.resolve()
+        return find_folder(expert.id, "adapter", expert.adapter, "adapter_config.json",
+                           self.context.base_dir, "PEFT adapter", "Give the folder written by "
+                           "save_pretrained, relative to the pool manifest or absolute.")
 
     def _key(self, expert: ExpertSpec, opts: VLLMOptions) -> tuple:
         """Experts with equal keys share one engine (enable_lora is settled per engine)."""

@@ -30,6 +30,7 @@ from ..train import (
     answer_loss,
     check_out,
     learning_rate_factor,
+    readme_footer,
     save_loss_plot,
 )
 from .config import LoraMoeConfig
@@ -242,18 +243,7 @@ def readme(name: str, record: dict) -> str:
         f"| loss | {record['loss_first']:.3f} (first steps) -> {record['loss_last']:.3f} (last "
         "steps) |",
         f"| expert usage (mean over layers, last steps) | {usage} |",
-        "",
-        "System prompt the gate was trained under (give the pool expert the same one):",
-        "",
-        f"> {c['system_prompt']}" if c["system_prompt"] else "> (none)",
-        "",
-        "Command:",
-        "",
-        "```",
-        record["command"] or "(called from Python)",
-        "```",
-        "",
-        "![loss curve](loss.png)",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + readme_footer(
+        "System prompt the gate was trained under (give the pool expert the same one):",
+        c["system_prompt"], record["command"]))
