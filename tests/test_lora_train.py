@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from typer.testing import CliRunner  # noqa: E402
 
 from orchestrator.adapters.data import IGNORE, answer_text, load_examples, tokenize  # noqa: E402
-from orchestrator.backends.transformers_backend import render_prompt  # noqa: E402
+from orchestrator.backends.prompting import render_prompt  # noqa: E402
 from orchestrator.cli.main import app  # noqa: E402
 
 from .tiny_model import make_tiny_model_folder  # noqa: E402

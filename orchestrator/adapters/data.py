@@ -90,7 +90,7 @@ class Tokenized:
 def tokenize(tokenizer, example: Example) -> Tokenized:
     """Prompt exactly as the backend renders it at inference (then generation continues from
     there), followed by the answer as the chat template closes an assistant turn."""
-    from ..backends.transformers_backend import render_prompt
+    from ..backends.prompting import render_prompt
 
     prompt = render_prompt(tokenizer, example.messages)
     reply = _reply_text(tokenizer, example, prompt)

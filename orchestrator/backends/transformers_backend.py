@@ -14,7 +14,6 @@ freed when no expert uses it any more. `counts` records real loads for tests and
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from ..modelref import describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
 from .folders import find_folder
+from .prompting import render_prompt, warn_prompt_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class TransformersBackend(BaseBackend):
         if key.lora_moe is not None:  # layers injected in place; generate is the model's own
             from ..adapters.lora_moe import LoraMoeModel
 
-            _warn_prompt_mismatch(expert, Path(key.lora_moe))
+            warn_prompt_mismatch(expert, Path(key.lora_moe))
             model = LoraMoeModel.load(key.lora_moe, model).to(key.device).model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
@@ -209,7 +209,7 @@ class TransformersBackend(BaseBackend):
     def _attach(self, base: _Base, expert: ExpertSpec, path: Path) -> None:
         from peft import PeftModel
 
-        _warn_prompt_mismatch(expert, path)
+        warn_prompt_mismatch(expert, path)
         start = time.perf_counter()
         try:
             if isinstance(base.model, PeftModel):
@@ -366,33 +366,6 @@ def _plain(model):
     """The transformers model under a PeftModel (its config and generation config)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if get_base is not None else model
-
-
-def _warn_prompt_mismatch(expert: ExpertSpec, path: Path) -> None:
-    """An adapter (or a LoRA-MoE gate) answers best with the system prompt it was trained with
-    (training.json)."""
-    record = path / "training.json"
-    if not record.is_file():
-        return
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        trained = data.get("system_prompt", data.get("config", {}).get("system_prompt"))
-    except (OSError, ValueError, AttributeError):
-        return
-    if trained is not None and " ".join(trained.split()) != " ".join((expert.system_prompt or "").split()):
-        log.warning("expert %s: adapter %s was trained with the system prompt %r, the pool gives "
-                    "%r; copy the trained one into the pool for the best answers", expert.id,
-                    expert.adapter or expert.lora_moe, trained, expert.system_prompt)
-
-
-def render_prompt(tokenizer, messages) -> str:
-    """The text generation continues from: the chat template with the assistant turn opened, or
-    the messages joined by blank lines for a model without a template. `lora train` renders its
-    training prompts with this same function."""
-    turns = [{"role": m.role, "content": m.content} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    return "\n\n".join(m["content"] for m in turns) + "\n\n"
 
 
 def _stop_ids(tokenizer, model) -> set[int]:

@@ -73,7 +73,7 @@ def inspect_generation(moe, tokenizer, prompt: str, *, max_tokens: int = 24,
     template, as the backend does) while recording every layer's choices."""
     import torch
 
-    from ...backends.transformers_backend import render_prompt
+    from ...backends.prompting import render_prompt
 
     if not prompt.strip():
         raise UserError("--prompt is empty; give the text to generate from.")
