@@ -51,12 +51,12 @@ def variants(moe_dir: Path, dtype: str) -> list[ExpertSpec]:
     return specs
 
 
-def answer_loss(spec: ExpertSpec, queries, dtype: str, batch_size: int) -> float:
+def gold_answer_loss(spec: ExpertSpec, queries, dtype: str, batch_size: int) -> float:
     """Mean cross-entropy of the gold answer tokens under `spec`'s model (token-weighted)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from orchestrator.adapters.train import IGNORE
+    from orchestrator.adapters.train import IGNORE, _collate, answer_loss
     from orchestrator.modelref import local_folder, resolve
 
     folder = local_folder(resolve(spec.model))
@@ -75,22 +75,10 @@ def answer_loss(spec: ExpertSpec, queries, dtype: str, batch_size: int) -> float
     total, count = 0.0, 0
     with torch.inference_mode():
         for lo in range(0, len(items), batch_size):
-            chunk = items[lo: lo + batch_size]
-            width = max(len(t.input_ids) for t in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id or 0)
-            labels = torch.full((len(chunk), width), IGNORE)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, t in enumerate(chunk):
-                ids[row, : len(t.input_ids)] = torch.tensor(t.input_ids)
-                labels[row, : len(t.labels)] = torch.tensor(t.labels)
-                mask[row, : len(t.input_ids)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                    target.reshape(-1), ignore_index=IGNORE,
-                                                    reduction="sum")
-            total += float(nll)
-            count += int((target != IGNORE).sum())
+            batch = _collate(items[lo: lo + batch_size], tokenizer.pad_token_id or 0)
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())  # answer tokens predicted
+            total += float(answer_loss(model, batch)) * n
+            count += n
     return total / count
 
 
@@ -119,7 +107,7 @@ def main() -> None:
     rows = []
     for spec in specs:
         start = time.perf_counter()
-        loss = answer_loss(spec, mixed, "float32", args.batch_size)
+        loss = gold_answer_loss(spec, mixed, "float32", args.batch_size)
         backend.load(spec)
         for file, max_tokens, queries in sets:
             results = []

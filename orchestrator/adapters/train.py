@@ -272,7 +272,7 @@ def answer_loss(model, batch):
     quarter of the model's forward pass."""
     import torch
 
-    causal = model.get_base_model()
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = getattr(causal, "get_decoder", None), causal.get_output_embeddings()
     if decoder is None or head is None:
         return model(**batch).loss
