@@ -21,11 +21,61 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .aggregation.fuse import strip_reasoning
 from .benchmarks.readers import infer_answer_type
 from .errors import BackendError, InvalidRequestError, OrchestratorError, UnknownModelError
-from .types import Answer, Query, Selection
+from .types import Answer, Message, Query, Selection
 
 MIXTURE_MODEL = "orchestrator"
 MAX_MESSAGE_CHARS = 200
 CONTEXT_ERROR = "maximum context length is"  # the backends' wording (OpenAI's sentence)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat request as the pipeline takes it (the server builds it from the OpenAI body,
+    the SDK from `Orchestrator.chat`'s arguments).
+
+    `messages` keep the roles the client sent (system, developer, user, assistant); text parts
+    are already joined. `model`: None or the mixture's name is routed over the pool; an expert
+    id asks that expert alone. `mode`: "chat" answers the conversation as free text; "task"
+    treats the last user turn as a benchmark question (prompt template, extracted answer,
+    vote). `stop`, `seed`, `max_tokens` are honoured by every backend."""
+
+    messages: tuple[Message, ...]
+    model: str | None = None
+    k: int | None = None
+    router: str | None = None
+    aggregator: str | None = None
+    mode: Literal["chat", "task"] = "chat"
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    user: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One answer. `finish_reason` is "length" when the returned text was cut by max_tokens.
+    `usage_exact` is False when a backend could not count tokens (replay: the counts are 0).
+    `answer` is the extracted final answer (task mode; None in chat mode). `info` is the
+    `orchestrator` object of the reply: mode, router, k, skills, experts (id, score, answer,
+    error, finish_reason), aggregator, early_exit, failed_experts."""
+
+    id: str
+    created: int
+    model: str
+    content: str
+    finish_reason: Literal["stop", "length"] = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_exact: bool = True
+    answer: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class TextPart(BaseModel):
@@ -281,3 +331,27 @@ def complete_batch(orch, requests: Sequence[ChatRequest | Mapping[str, Any]]
             results[slot] = completion_from(answer, req.model, name)
     orch.totals.merge(stats)
     return results  # type: ignore[return-value]
+
+
+def complete_calls(orch, calls: Sequence[ChatCall]) -> list[ChatResult | OrchestratorError]:
+    """Answer typed chat calls in one grouped execution; a call that cannot be served gets its
+    typed error in its slot."""
+    bodies = []
+    for call in calls:
+        body: dict[str, Any] = {
+            "model": call.model or orch.model_name,
+            "messages": [{"role": m.role, "content": m.content} for m in call.messages]}
+        for name in ("k", "router", "max_tokens", "temperature", "top_p", "seed"):
+            if getattr(call, name) is not None:
+                body[name] = getattr(call, name)
+        bodies.append(body)
+    out: list[ChatResult | OrchestratorError] = []
+    for result in complete_batch(orch, bodies):
+        if isinstance(result, ChatCompletion):
+            result = ChatResult(id=result.id, created=result.created, model=result.model,
+                                content=result.content, finish_reason="stop",
+                                prompt_tokens=result.prompt_tokens,
+                                completion_tokens=result.completion_tokens,
+                                answer=result.answer, info=result.info)
+        out.append(result)
+    return out

@@ -46,6 +46,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
 
     @property
     def greedy(self) -> bool:
@@ -54,7 +55,7 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Message:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
@@ -80,6 +81,7 @@ class GenerationResult:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None  # "length": cut by max_tokens
 
     @property
     def ok(self) -> bool:
