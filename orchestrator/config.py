@@ -130,6 +130,23 @@ class AggregationOptions(StrictModel):
                                    description="fuse: new tokens of the aggregator's answer")
 
 
+class EscalationOptions(StrictModel):
+    """Calling a question's experts in rounds, only as many as can still change its answer.
+
+    lossless   the answers of calling all k (vote: stop once the remaining experts cannot
+               change the weighted majority, ties included; first: stop at the first expert
+               that answered); aggregators that need every response (fuse) call all k
+    confident  vote: also stop once at least `min_votes` answers were cast and the leader
+               holds `agreement` of their weight (cheaper, may change answers)
+    none       every chosen expert is called
+    """
+
+    mode: Literal["lossless", "confident", "none"] = "lossless"
+    agreement: float = Field(default=1.0, gt=0.5, le=1.0,
+                             description="confident: the leader's share of the cast weight")
+    min_votes: int = Field(default=2, ge=1, description="confident: answers cast at least")
+
+
 class RunConfig(StrictModel):
     """A run preset (`configs/*.yaml`); CLI flags override single fields."""
 
@@ -155,6 +172,7 @@ class RunConfig(StrictModel):
         default=None, description="fuse: the pool expert that aggregates (default: the "
         "profile's best-ranked aggregator, else the first expert)")
     aggregation: AggregationOptions = Field(default_factory=AggregationOptions)
+    escalation: EscalationOptions = Field(default_factory=EscalationOptions)
     min_experts_ok: int = Field(default=1, ge=1, description="chat: fewer experts answering "
                                 "than this (or than k) fails the request instead of degrading")
 
@@ -164,7 +182,7 @@ class RunConfig(StrictModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         if "experts" in given and "k" not in given:
             data["k"] = None  # naming experts without --k means k = how many were named
-        for section in ("routing", "aggregation"):
+        for section in ("routing", "aggregation", "escalation"):
             values = given.pop(section, None)
             if values:
                 data[section] = {**data[section], **{k: v for k, v in values.items()

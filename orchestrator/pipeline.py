@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .benchmarks.extract import is_correct
@@ -28,7 +28,6 @@ from .types import (
     Answer,
     Conversation,
     ExpertOutput,
-    GenerationRequest,
     GenerationResult,
     Query,
     Selection,
@@ -54,6 +53,7 @@ class Overrides:
     aggregator: str | None = None
     expert: str | None = None
     sampling: Mapping[str, Any] = field(default_factory=dict)
+    escalation: str | None = None  # lossless | confident | none (the run's by default)
 
 
 NO_OVERRIDES = Overrides()
@@ -120,16 +120,6 @@ class Pipeline:
         selections = chosen.select(queries, k, features)
         return selections, {"annotate_s": mid - start, "route_s": time.perf_counter() - mid}
 
-    def requests(self, items: Sequence[Work], selections: Sequence[Selection],
-                 changes: Sequence[Mapping[str, Any]] | None = None) -> list[GenerationRequest]:
-        """One request per (item, selected expert), in selection order."""
-        out: list[GenerationRequest] = []
-        for i, (item, selection) in enumerate(zip(items, selections)):
-            for expert in selection.experts:
-                out.append(self.generation.request(expert, item, len(out),
-                                                   changes[i] if changes else None))
-        return out
-
     def collect(self, items: Sequence[Work], results: Sequence[GenerationResult]
                 ) -> list[list[ExpertOutput]]:
         return collect_outputs(items, results)
@@ -172,17 +162,55 @@ class Pipeline:
                 selections[i] = selection
             for key, value in seconds.items():
                 stage_s[key] += value
-        requests = self.requests(items, selections,  # type: ignore[arg-type]
-                                 [dict(ov.sampling) for ov in per_item])
-        start = time.perf_counter()
-        results, stats = self.generation.execute(requests)
-        stage_s["generate_s"] = time.perf_counter() - start
-        outputs = self.collect(items, results)
         names = [self.aggregator_name(item, ov) for item, ov in zip(items, per_item)]
         start = time.perf_counter()
+        outputs, rounds, stats = self.generate(items, selections, per_item,  # type: ignore[arg-type]
+                                               names)
+        stage_s["generate_s"] = time.perf_counter() - start
+        start = time.perf_counter()
         answers = self.aggregate(items, selections, outputs, names, stats)  # type: ignore[arg-type]
+        answers = [replace(a, rounds=r) for a, r in zip(answers, rounds)]
         stage_s["aggregate_s"] = time.perf_counter() - start
         return PipelineResult(answers, stats, stage_s)
+
+    def generate(self, items: Sequence[Work], selections: Sequence[Selection],
+                 overrides: Sequence[Overrides], names: Sequence[str]
+                 ) -> tuple[list[list[ExpertOutput]], list[int], ExecutionStats]:
+        """The selected experts' outputs, in rounds: each round is one grouped execution of
+        the next experts of every item its aggregator has not decided yet (escalation; with
+        mode none, or an aggregator that reads every response, one round calls all).
+        Returns outputs in selection order (a prefix of the selection), rounds per item, and
+        the stats of all rounds."""
+        outputs: list[list[ExpertOutput]] = [[] for _ in items]
+        rounds = [0] * len(items)
+        modes = [ov.escalation or self.config.escalation.mode for ov in overrides]
+        todo = {i: self._next(items[i], selections[i], [], names[i], modes[i])
+                for i in range(len(items))}
+        stats = ExecutionStats()
+        while todo := {i: n for i, n in todo.items() if n > 0}:
+            requests = []
+            for i, n in todo.items():
+                start = len(outputs[i])
+                for expert in selections[i].experts[start:start + n]:
+                    requests.append(self.generation.request(expert, items[i], len(requests),
+                                                            dict(overrides[i].sampling)))
+            results, run = self.generation.execute(requests)
+            stats.merge(run)
+            batch = [items[i] for i in todo]
+            for i, outs in zip(todo, self.collect(batch, results)):
+                outputs[i].extend(outs)
+                rounds[i] += 1
+            todo = {i: self._next(items[i], selections[i], outputs[i], names[i], modes[i])
+                    for i in todo}
+        return outputs, rounds, stats
+
+    def _next(self, item: Work, selection: Selection, outputs: Sequence[ExpertOutput],
+              name: str, mode: str) -> int:
+        left = len(selection.experts) - len(outputs)
+        if not left:
+            return 0
+        n = self.aggregator(name).next_calls(item, selection, outputs, mode)
+        return max(0, min(n, left))
 
     def aggregator_name(self, item: Work, overrides: Overrides = NO_OVERRIDES) -> str:
         if overrides.expert is not None:

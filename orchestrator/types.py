@@ -180,3 +180,4 @@ class Answer:
     text: str = ""
     finish_reason: str | None = None
     work: Any = field(default=None, compare=False)
+    rounds: int = 1  # generation rounds (escalation); outputs may cover a prefix of the experts

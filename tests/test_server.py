@@ -66,8 +66,9 @@ def pool_file(tmp_path):
     ], resident_limit=3)
 
 
-def make_orch(tmp_path, k: int = 2) -> Orchestrator:
-    return Orchestrator(load_pool(pool_file(tmp_path)), RunConfig(k=k),
+def make_orch(tmp_path, k: int = 2, escalation: str = "lossless") -> Orchestrator:
+    return Orchestrator(load_pool(pool_file(tmp_path)),
+                        RunConfig(k=k, escalation={"mode": escalation}),
                         backends={"fake": Recording()})
 
 
@@ -332,7 +333,7 @@ def test_metrics_count_requests_tokens_experts_and_queue(srv):
 # -- batching, cancellation, admission control, shutdown --------------------------------------
 
 def test_concurrent_requests_in_one_window_are_one_batch_per_expert(tmp_path):
-    with live(make_orch(tmp_path), window_s=2.0, max_batch=6) as s:
+    with live(make_orch(tmp_path, escalation="none"), window_s=2.0, max_batch=6) as s:
         client = s.client()
         questions = [f"What is {i} plus {i}?" for i in range(6)]
         with ThreadPoolExecutor(6) as pool:
