@@ -27,8 +27,8 @@ from orchestrator.chat import ChatCall
 from orchestrator.config import RunConfig, load_pool
 from orchestrator.core import Orchestrator
 from orchestrator.server.app import build_app
-from orchestrator.server.server import bound_port, make_server
 from orchestrator.server.envelope import RequestCancelledError
+from orchestrator.server.server import bound_port, make_server
 from orchestrator.types import Message
 
 from .conftest import ROOT, write_pool
@@ -96,14 +96,15 @@ class Live:
 
 
 @contextmanager
-def live(orch: Orchestrator, **options):
+def live(orch: Orchestrator, *, graceful_timeout_s: int = 5, limits=None, **options):
     app = build_app(orch, **options)
-    server = make_server(app, host="127.0.0.1", port=0, graceful_timeout_s=5,
-                         log_level="warning", access_log=False)
+    server = make_server(app, host="127.0.0.1", port=0, graceful_timeout_s=graceful_timeout_s,
+                         log_level="warning", access_log=False, limits=limits)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     until(lambda: server.started or not thread.is_alive(), 10)
     assert server.started, "the server did not start"
+    until(lambda: app.state.serving.warm_state != "loading", 10)
     running = Live(app, server, orch)
     try:
         yield running

@@ -14,8 +14,8 @@ forever. `guarded_protocol` subclasses uvicorn's H11Protocol:
   503 (`code: too_many_connections`, `Retry-After`, `Connection: close`) as soon as its
   headers arrive, with a header timeout of at most 1 s; it never reaches the app.
 
-`RateLimitFilter` bounds warnings and errors of the server's loggers: at most `lines` per
-`interval_s`, the rest counted and reported as one "suppressed M" line; a message repeated within an
+`RateLimitFilter` bounds warnings and errors of each of the server's loggers: at most `lines`
+per `interval_s`, the rest counted and reported as one "suppressed M" line; a message repeated within an
 interval keeps its traceback only the first time.
 """
 
@@ -156,12 +156,11 @@ class RateLimitFilter(logging.Filter):
             return True
 
 
-def limit_error_logs(lines: int, interval_s: float) -> RateLimitFilter:
-    """Install one shared filter on the server's loggers (replacing an earlier one)."""
-    shared = RateLimitFilter(lines, interval_s)
+def limit_error_logs(lines: int, interval_s: float) -> None:
+    """A filter on each of the server's loggers (replacing an earlier one): a flood of one
+    kind never hides the first error of another."""
     for name in LIMITED_LOGGERS:
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, RateLimitFilter)]:
             logger.removeFilter(old)
-        logger.addFilter(shared)
-    return shared
+        logger.addFilter(RateLimitFilter(lines, interval_s))
