@@ -478,3 +478,135 @@ def test_serve_command_binds_and_warns(tmp_path, monkeypatch, host, key, warned)
     assert seen["ran"] and seen["host"] == host and seen["port"] > 0 and seen["key"] == key
     assert ("without an API key" in result.output) is warned
     assert "serving pool 'test'" in result.output
+
+
+# -- names, request ids, warm-up, configuration ------------------------------------------------
+
+def test_served_name_aliases_and_request_ids(tmp_path):
+    from orchestrator.server.settings import Alias
+
+    aliases = {"pool-k3": Alias(k=3, router="random", mode="task")}
+    with live(make_orch(tmp_path), served_model_name="my-pool", aliases=aliases) as s:
+        models = s.client().models.list().data
+        assert [m.id for m in models] == ["my-pool", "pool-k3", "a", "b", "c"]
+        card = models[1].model_extra["orchestrator"]
+        assert card == {"kind": "alias", "experts": ["a", "b", "c"], "k": 3, "router": "random",
+                        "aggregator": "vote", "mode": "task"}
+        reply = s.client().chat.completions.create(model="pool-k3", messages=USER)
+        assert reply.model == "pool-k3" and len(reply.model_extra["orchestrator"]["experts"]) == 3
+        with pytest.raises(openai.NotFoundError):
+            s.client().chat.completions.create(model="orchestrator", messages=USER)
+        given = s.post("/v1/chat/completions", {"model": "my-pool", "messages": USER},
+                       headers={"X-Request-Id": "trace-42"})
+        assert given.headers["x-request-id"] == "trace-42"
+        for response in (s.get("/v1/models"), s.get("/health"), s.get("/nope"),
+                         s.post("/v1/chat/completions", {"messages": []},
+                                headers={"X-Request-Id": "bad id\twith spaces"})):
+            rid = response.headers["x-request-id"]
+            assert len(rid) == 32 and rid.isalnum()  # generated when absent or not sane
+        assert s.get("/version").json()["version"]
+
+
+def test_version_and_health_need_no_key(srv):
+    assert srv.get("/version").status_code == 200 and srv.get("/health").status_code == 200
+
+
+def test_health_says_loading_until_the_routers_are_warm(tmp_path):
+    orch = make_orch(tmp_path)
+    release, routed = threading.Event(), []
+    inner = orch.route_with
+
+    def slow_route(queries, router, k):  # the embedder/profile load of a real router
+        routed.append(router)
+        release.wait(10)
+        return inner(queries, router, k)
+
+    orch.route_with = slow_route
+    app = build_app(orch)
+    server = make_server(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started, 10)
+        url = f"http://127.0.0.1:{bound_port(server)}"
+        response = httpx.get(url + "/health", timeout=5)
+        assert response.status_code == 503 and response.json() == {"status": "loading"}
+        assert routed == ["fixed"]
+        release.set()
+        until(lambda: httpx.get(url + "/health", timeout=5).status_code == 200)
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
+        orch.close()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli.main import app
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--pool", str(pool_file(tmp_path)),
+                                          "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"Port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_the_serving_config_file_and_flags_over_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import orchestrator.server.server as server_module
+    from orchestrator.cli.main import app
+
+    pool_file(tmp_path)
+    config = tmp_path / "serve.yaml"
+    config.write_text("pool: pool.yaml\nport: 0\nhost: 127.0.0.1\nserved_model_name: mix\n"
+                      "aliases:\n  mix-k3: {k: 3, router: random}\nmax_queue: 7\n"
+                      "log_requests: true\nlimits: {header_timeout_s: 2, max_connections: 9}\n")
+    seen: dict = {}
+
+    class NotRun:
+        def run(self) -> None:
+            pass
+
+    def fake_make_server(application, **options):
+        seen.update(options, serving=application.state.serving)
+        options["sock"].close()
+        return NotRun()
+
+    monkeypatch.setattr(server_module, "make_server", fake_make_server)
+    result = CliRunner().invoke(app, ["serve", "--config", str(config), "--max-queue", "3"])
+    assert result.exit_code == 0, result.output
+    settings = seen["serving"].settings
+    assert settings.max_queue == 3 and settings.served_model_name == "mix"  # the flag wins
+    assert list(seen["serving"].names) == ["mix", "mix-k3", "a", "b", "c"]
+    assert settings.log_requests and seen["limits"].max_connections == 9
+    assert "as mix, mix-k3 and 3 experts" in result.output
+
+    for text, message in (("pool: pool.yaml\nbogus: 1\n", "Invalid serving setting 'bogus'"),
+                          ("router: fixed\nk: 2\n", "looks like a run preset"),
+                          ("pool: pool.yaml\naliases: {a: {k: 2}}\n", "'a' is both"),
+                          ("pool: pool.yaml\naliases: {x: {k: 9}}\n", "Alias 'x' has k=9"),
+                          ("pool: pool.yaml\naliases: {x: {router: smart}}\n", "unknown router"),
+                          ("port: 0\n", "No pool to serve")):
+        config.write_text(text)
+        result = CliRunner().invoke(app, ["serve", "--config", str(config)])
+        assert result.exit_code == 2 and message in result.output, (text, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_the_example_serving_config_is_valid():
+    from orchestrator.server.settings import load_serve_config
+
+    cfg = load_serve_config(ROOT / "configs" / "serve.yaml")
+    assert cfg.pool is not None and cfg.pool.exists() and cfg.run.exists()
+    assert cfg.aliases["orchestrator-k3"].k == 3
