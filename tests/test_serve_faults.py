@@ -102,6 +102,9 @@ def test_beyond_the_connection_cap_new_connections_get_the_503_envelope(tmp_path
             assert headers["retry-after"] == "1"
             assert json.loads(body)["error"]["code"] == "too_many_connections"
             sock.close()
+        probe = connect(s, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert probe.recv(4096).startswith(b"HTTP/1.1 200")  # a probe is still answered
+        probe.close()
         silent = connect(s)  # over the cap and silent: closed after at most 1 s
         assert closed_within(silent, 3)
         silent.close()
@@ -109,7 +112,7 @@ def test_beyond_the_connection_cap_new_connections_get_the_503_envelope(tmp_path
             sock.close()
         until(lambda: len(s.server.server_state.connections) == 0)
         assert httpx.get(s.url + "/health", timeout=5).status_code == 200
-        assert s.serving.protocol.refused == 11
+        assert s.serving.protocol.refused == 12
 
 
 class Collect(logging.Handler):

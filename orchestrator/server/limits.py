@@ -12,7 +12,7 @@ forever. `guarded_protocol` subclasses uvicorn's H11Protocol:
   closed (the app sees a disconnect);
 - connection cap: a connection beyond `max_connections` is answered by the OpenAI envelope's
   503 (`code: too_many_connections`, `Retry-After`, `Connection: close`) as soon as its
-  headers arrive, with a header timeout of at most 1 s; it never reaches the app.
+  headers arrive, with a header timeout of at most 1 s; only /health reaches the app.
 
 `RateLimitFilter` bounds warnings and errors of each of the server's loggers: at most `lines`
 per `interval_s`, the rest counted and reported as one "suppressed M" line; a message repeated within an
@@ -40,6 +40,20 @@ def _envelope_503(code: str, message: str) -> bytes:
                                  "code": code}}).encode()
 
 
+class OverCap:
+    """The app of a connection beyond the cap: /health still answers (a probe must not kill a
+    server because bad clients hold its connections); anything else gets the 503."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+        else:
+            await too_many_connections(scope, receive, send)
+
+
 async def too_many_connections(scope, receive, send) -> None:
     """The answer to a connection beyond the cap (an ASGI app, like uvicorn's own 503)."""
     body = _envelope_503("too_many_connections", "The server has too many open connections; "
@@ -65,7 +79,7 @@ class GuardedH11Protocol(H11Protocol):
         self._read_timer = None
         self._over_cap = len(self.connections) > self.max_connections
         if self._over_cap:
-            self.app = too_many_connections
+            self.app = OverCap(self.app)
             type(self).refused += 1
         self._arm(min(self.header_timeout_s, OVER_CAP_TIMEOUT_S) if self._over_cap
                   else self.header_timeout_s)
