@@ -610,3 +610,19 @@ def test_the_example_serving_config_is_valid():
     cfg = load_serve_config(ROOT / "configs" / "serve.yaml")
     assert cfg.pool is not None and cfg.pool.exists() and cfg.run.exists()
     assert cfg.aliases["orchestrator-k3"].k == 3
+
+
+def test_user_and_metadata_are_logged_with_the_request_id(tmp_path, caplog):
+    app_logger = logging.getLogger("orchestrator.server.app")
+    with live(make_orch(tmp_path), log_requests=True) as s, \
+            caplog.at_level("INFO", logger="orchestrator.server.app"):
+        previous, app_logger.propagate = app_logger.propagate, True
+        try:
+            reply = s.client().with_options(default_headers={"X-Request-Id": "req-7"}) \
+                .chat.completions.create(model="orchestrator", messages=USER, user="u-1",
+                                         metadata={"team": "blue"})
+        finally:
+            app_logger.propagate = previous
+    assert reply.choices[0].message.content
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("chat req-7"))
+    assert "user=u-1" in line and '"team": "blue"' in line and "model=orchestrator" in line
