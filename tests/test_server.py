@@ -626,3 +626,43 @@ def test_user_and_metadata_are_logged_with_the_request_id(tmp_path, caplog):
     assert reply.choices[0].message.content
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("chat req-7"))
     assert "user=u-1" in line and '"team": "blue"' in line and "model=orchestrator" in line
+
+
+@pytest.mark.slow
+def test_health_waits_for_the_real_embedder_and_the_first_request_does_not_pay_it(tmp_path):
+    """A knn router over a profile with the real MiniLM: /health says 503 `loading` while the
+    embedder loads, and the first routing after 200 is fast."""
+    from orchestrator.profiling import build_profile
+    from orchestrator.skills import FieldAnnotator
+
+    from .routing_fixtures import queries, write_world
+
+    _, pool = write_world(tmp_path)
+    with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
+        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder)
+    path = profile.save(tmp_path / "profile.json")
+    orch = Orchestrator.from_files(pool, router="knn", k=1, profile=str(path),
+                                   annotator="embedding", threads=1)
+    app = build_app(orch)
+    server = make_server(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    try:
+        until(lambda: server.started, 30)
+        url = f"http://127.0.0.1:{bound_port(server)}"
+        seen = [httpx.get(url + "/health", timeout=5).json()["status"]]
+        until(lambda: seen.append(httpx.get(url + "/health", timeout=5).json()["status"])
+              or seen[-1] == "ok", 120)
+        warm_s = time.monotonic() - start
+        assert seen[0] == "loading" or warm_s < 0.5, seen  # here: about 1 s of warm-up
+        first = time.monotonic()
+        response = httpx.post(url + "/v1/route", json={"questions": ["What is 9 plus 9?"]},
+                              timeout=60)
+        first_s = time.monotonic() - first
+        assert response.status_code == 200 and response.json()["router"] == "knn"
+        assert first_s < max(1.0, warm_s / 3), (first_s, warm_s)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        orch.close()
