@@ -99,7 +99,7 @@ def test_beyond_the_connection_cap_new_connections_get_the_503_envelope(tmp_path
         for sock in extra:
             status, headers, body = response_of(sock)  # then closed by the server
             assert status == 503 and headers["connection"] == "close"
-            assert headers["retry-after"] == "1"
+            assert headers["retry-after"] == "1" and len(headers["x-request-id"]) == 32
             assert json.loads(body)["error"]["code"] == "too_many_connections"
             sock.close()
         probe = connect(s, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

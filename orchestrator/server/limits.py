@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -63,7 +64,8 @@ async def too_many_connections(scope, receive, send) -> None:
                          "retry shortly.")
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"), (b"connection", b"close")]})
+        (b"retry-after", b"1"), (b"connection", b"close"),
+        (b"x-request-id", uuid.uuid4().hex.encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
