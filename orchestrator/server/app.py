@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,19 +39,27 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .. import __version__
 from ..benchmarks.readers import infer_answer_type
 from ..chat import ChatCall, ChatResult, complete_calls
-from ..errors import ConfigError, InvalidRequestError, ShuttingDownError, UnknownModelError
+from ..errors import ConfigError, ShuttingDownError, UnknownModelError
 from ..registry import AGGREGATORS, ROUTERS
 from ..types import Query, Selection
 from ..workers.batcher import MicroBatcher
 from . import wire
-from .envelope import APIError, RequestCancelledError, api_error, read_json, require_object, sse
+from .envelope import (
+    APIError,
+    RequestCancelledError,
+    guarded,
+    read_json,
+    require_api_key,
+    require_object,
+    sse,
+)
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .middleware import Frontline, HostPolicy
+from .route_api import route_api
 from .settings import Alias
 
 log = logging.getLogger(__name__)
 
-MAX_ROUTE_QUESTIONS = 1024
 WARMUP_QUESTION = "What is 2 + 3?"
 
 
@@ -193,33 +199,6 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def guarded(handler: Callable[[Request], Awaitable[Response]]):
-    """Any exception becomes its OpenAI envelope (unexpected ones: a generic 500, logged)."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:
-            return api_error(exc).response()
-
-    return wrapper
-
-
-async def require_api_key(request: Request) -> None:
-    key = request.app.state.serving.settings.api_key
-    if not key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
-                       "authentication_error", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), key.encode()):
-        raise APIError(401, "Incorrect API key provided.", "authentication_error",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-
 # -- routes -----------------------------------------------------------------------------------
 
 api = APIRouter(dependencies=[Depends(require_api_key)])
@@ -296,63 +275,6 @@ def _model_card(serving: Serving, model: str) -> dict[str, Any]:
             "owned_by": orch.pool.name, "orchestrator": info}
 
 
-@api.post("/v1/route")
-@guarded
-async def route(request: Request) -> Response:
-    """Body {"questions": [str, ...]} or {"messages": [...]}, optional "k" and "router": the
-    experts, scores, skills and evidence per question; nothing is generated."""
-    serving: Serving = request.app.state.serving
-    body = require_object(await read_json(request, serving.settings.max_body_bytes))
-    questions = _route_questions(body)
-    k, router = _route_options(serving, body)
-    queries = [Query(id=f"q{i}", question=q, answer_type=infer_answer_type(q, None, ()))
-               for i, q in enumerate(questions)]
-    selections = await asyncio.to_thread(serving.route, queries, router, k)
-    data = [{"object": "route", "index": i, "skills": list(sel.evidence.get("skills", [])),
-             "experts": [{"id": e, "score": float(s)} for e, s in zip(sel.experts, sel.scores)],
-             "evidence": _json_safe({a: b for a, b in sel.evidence.items() if a != "skills"})}
-            for i, sel in enumerate(selections)]
-    return JSONResponse({"object": "list", "model": serving.settings.served_model_name,
-                         "router": router, "k": k, "data": data})
-
-
-def _route_questions(body: dict[str, Any]) -> list[str]:
-    if ("questions" in body) == ("messages" in body):
-        raise InvalidRequestError("Send exactly one of 'questions' (a list of strings) or "
-                                  "'messages' (an OpenAI chat).", "questions")
-    if "messages" in body:
-        if not isinstance(body["messages"], list) or not body["messages"]:
-            raise InvalidRequestError("'messages' must be a non-empty list.", "messages")
-        messages = wire.parse_messages(body["messages"])
-        return [next(m.content for m in reversed(messages) if m.role == "user")]
-    questions = body["questions"]
-    if (not isinstance(questions, list) or not 1 <= len(questions) <= MAX_ROUTE_QUESTIONS
-            or not all(isinstance(q, str) and q.strip() for q in questions)):
-        raise InvalidRequestError(f"'questions' must be a list of 1 to {MAX_ROUTE_QUESTIONS} "
-                                  "non-empty strings.", "questions")
-    return questions
-
-
-def _route_options(serving: Serving, body: dict[str, Any]) -> tuple[int, str]:
-    orch, size = serving.orch, len(serving.orch.pool.experts)
-    k = body.get("k", orch.k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
-        raise InvalidRequestError(f"k must be an integer in 1..{size} (the pool has {size} "
-                                  "experts).", "k")
-    router = body.get("router") or orch.config.router
-    if not isinstance(router, str) or router not in ROUTERS:
-        raise InvalidRequestError(f"Unknown router; available: {', '.join(ROUTERS.names())}.",
-                                  "router")
-    return k, router
-
-
-def _json_safe(value: Any) -> Any:
-    def convert(obj: Any) -> Any:
-        return obj.item() if hasattr(obj, "item") else str(obj)  # numpy scalars, paths...
-
-    return json.loads(json.dumps(value, default=convert))
-
-
 # -- the app ----------------------------------------------------------------------------------
 
 def check_aliases(orch, aliases: Mapping[str, Alias]) -> None:
@@ -405,6 +327,7 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
                   openapi_url=None)  # every route but /health needs the key: no open docs
     app.state.serving = serving
     app.include_router(api)
+    app.include_router(route_api)
     app.add_middleware(MetricsMiddleware, metrics=serving.metrics)
     app.add_middleware(Frontline, policy=HostPolicy(host, allowed_hosts),
                        keyed=lambda: bool(settings.api_key), draining=lambda: serving.draining)

@@ -10,15 +10,17 @@ cut to MAX_ERROR_CHARS and has server paths masked; request bodies are never ech
 
 from __future__ import annotations
 
+import functools
+import hmac
 import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     BackendError,
@@ -160,3 +162,32 @@ def sse(chunks: Iterable[dict[str, Any]]) -> Iterator[str]:
     except Exception as exc:
         yield f"data: {json.dumps(api_error(exc).body())}\n\n"
     yield "data: [DONE]\n\n"
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+def guarded(handler: Callable[[Request], Awaitable[Response]]):
+    """Any exception becomes its OpenAI envelope (unexpected ones: a generic 500, logged)."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return api_error(exc).response()
+
+    return wrapper
+
+
+async def require_api_key(request: Request) -> None:
+    key = request.app.state.serving.settings.api_key
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                       "authentication_error", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise APIError(401, "Incorrect API key provided.", "authentication_error",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
