@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+import orchestrator.server.app as app_module
 from orchestrator.server.limits import RateLimitFilter
 from orchestrator.server.settings import Limits
 
@@ -153,7 +154,7 @@ def test_a_flood_of_bad_requests_logs_a_bounded_number_of_lines(tmp_path, collec
         def broken(*args, **kwargs):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(s.orch, "collect", broken)
+        monkeypatch.setattr(app_module, "complete_calls", broken)
         with httpx.Client(base_url=s.url, timeout=10) as client:
             statuses = {client.post("/v1/chat/completions", json={"messages": USER}).status_code
                         for _ in range(30)}
