@@ -442,6 +442,13 @@ def test_real_completion_on_the_smollm2_pool():
             max_tokens=8, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
             reply.choices[0].message.content
+        story = [{"role": "user", "content": "Write a long story about a dragon."}]
+        cut = client.chat.completions.create(model="smol-reasoner", messages=story, max_tokens=6)
+        assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 6
+        stopped = client.chat.completions.create(model="smol-reasoner", messages=story,
+                                                 max_tokens=48, stop=["a"])
+        assert stopped.choices[0].finish_reason == "stop"
+        assert "a" not in stopped.choices[0].message.content
 
 
 # -- the command ----------------------------------------------------------------------------
