@@ -36,12 +36,15 @@ def make_orch(tmp_path: Path) -> Orchestrator:
     experts = [{"id": f"e{i}", "backend": "fake", "options": {"default": HAIKU}}
                for i in range(5)]
     pool = load_pool(write_pool(tmp_path / "pool.yaml", experts, resident_limit=5))
-    return Orchestrator(pool, RunConfig(k=2, router="fixed"), backends={"fake": Recording()})
+    return Orchestrator(pool, RunConfig(k=2, router="fixed", escalation={"mode": "none"}),
+                        backends={"fake": Recording()})
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    aliases = {ALIAS: Alias(k=5, router="random", aggregator="first", mode="chat")}
+    # escalation none: `first` would otherwise stop at the first expert that replied
+    aliases = {ALIAS: Alias(k=5, router="random", aggregator="first", mode="chat",
+                            escalation="none")}
     with live(make_orch(tmp_path_factory.mktemp("clients")), aliases=aliases) as s:
         yield s
 

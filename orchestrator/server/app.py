@@ -94,7 +94,8 @@ class Serving:
         self.protocol = None  # the connection guard's class, set by make_server
         self.names: dict[str, wire.Routing] = {settings.served_model_name: wire.Routing()}
         for name, alias in settings.aliases.items():
-            self.names[name] = wire.Routing(alias.k, alias.router, alias.aggregator, alias.mode)
+            self.names[name] = wire.Routing(alias.k, alias.router, alias.aggregator, alias.mode,
+                                            escalation=alias.escalation)
         for expert in orch.specs:
             self.names[expert] = wire.Routing(expert=expert)
         self.metrics = Metrics(self)

@@ -29,6 +29,7 @@ class Alias(BaseModel):
     router: str | None = None
     aggregator: str | None = None
     mode: Literal["chat", "task"] | None = None
+    escalation: Literal["lossless", "confident", "none"] | None = None
     description: str | None = None
 
 

@@ -17,7 +17,8 @@ Every field of OpenAI's chat create body is either honoured or refused with a 40
              true, unknown roles, image/audio/file content parts, tool calls in a message, a
              lone surrogate anywhere in the text, and any top-level field OpenAI does not define
              (OpenAI's own "Unrecognized request argument")
-  extras     k, router, aggregator, mode ("chat" | "task") choose the orchestration.
+  extras     k, router, aggregator, mode ("chat" | "task"), escalation ("lossless" |
+             "confident" | "none") choose the orchestration.
 
 Extra fields inside a message (`name`, vendor keys) are accepted (vLLM's test_extra_fields).
 """
@@ -93,6 +94,7 @@ class ChatBody(BaseModel):
     router: str | None = Field(default=None, max_length=64)
     aggregator: str | None = Field(default=None, max_length=64)
     mode: Literal["chat", "task"] | None = None
+    escalation: Literal["lossless", "confident", "none"] | None = None
 
     @property
     def stream_usage(self) -> bool:
@@ -109,6 +111,7 @@ class Routing:
     aggregator: str | None = None
     mode: Literal["chat", "task"] | None = None
     expert: str | None = None
+    escalation: Literal["lossless", "confident", "none"] | None = None
 
 
 def _refuse(param: str, message: str) -> InvalidRequestError:
@@ -271,6 +274,7 @@ def to_call(r: ChatBody, routing: Routing, model: str | None = None) -> ChatCall
         k=r.k if r.k is not None else routing.k,
         router=r.router or routing.router, aggregator=r.aggregator or routing.aggregator,
         mode=r.mode or routing.mode or "chat",
+        escalation=r.escalation or routing.escalation,
         max_tokens=r.max_completion_tokens or r.max_tokens, temperature=r.temperature,
         top_p=r.top_p, seed=r.seed, stop=stops, user=r.user or r.safety_identifier,
         metadata=dict(r.metadata or {}),
