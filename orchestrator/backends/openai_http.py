@@ -2,11 +2,14 @@
 through one httpx async client per expert.
 
 Options:
-  base_url          e.g. http://127.0.0.1:8001/v1 (required)
+  base_url          e.g. http://127.0.0.1:8001/v1 (required), or a list of replicas of one
+                    server: requests spread by outstanding work; connection errors, timeouts
+                    and 5xx fail over to another replica, which cools down (replicas.py)
+  cooldown_s        how long a failed replica gets no traffic (then one health probe)
   api_key_env       name of the environment variable that holds the key (never the key itself)
   remote_model      model name sent to the server (default: the expert's `adapter` when set, as
                     a vLLM server names its LoRA adapters, else the expert's `model`)
-  concurrency       requests in flight at once (default 8)
+  concurrency       requests in flight at once per replica (default 8)
   timeout_s         read timeout per request; connect_timeout_s for connecting
   max_retries       retries on 429, 5xx, timeouts and connection errors, never on other 4xx
   backoff_s         first backoff; doubles each retry, capped by backoff_max_s; a Retry-After
@@ -19,21 +22,24 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import ConfigError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
+from .replicas import Replica, ReplicaTable
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIHTTPOptions(BackendOptions):
-    base_url: str
+    base_url: str | list[str]
+    cooldown_s: float = Field(default=5.0, ge=0)
     api_key_env: str | None = None
     remote_model: str | None = None
     concurrency: int = Field(default=8, ge=1, le=1024)
@@ -43,6 +49,20 @@ class OpenAIHTTPOptions(BackendOptions):
     backoff_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=20.0, ge=0)
     extra_body: dict[str, Any] = {}
+
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, value: str | list[str]) -> str | list[str]:
+        urls = [value] if isinstance(value, str) else value
+        if not urls or len(set(urls)) != len(urls) or not all(u.strip() for u in urls):
+            raise ValueError("give one URL or a list of distinct replica URLs")
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """The replicas' base URLs, without trailing slashes."""
+        urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
+        return [u.rstrip("/") for u in urls]
 
 
 class _HTTPError(Exception):
@@ -61,10 +81,32 @@ class OpenAIHTTPBackend(BaseBackend):
     supports_lora = True  # a vLLM server exposes its LoRA adapters as model names
     Options = OpenAIHTTPOptions
 
+    def __init__(self, context=None):
+        super().__init__(context)
+        self.replicas = ReplicaTable()
+        self._failovers: dict[str, int] = {}
+        self._counter_lock = threading.Lock()
+
     def check(self, expert: ExpertSpec) -> str:
         opts = self.options(expert)
         self._api_key(expert, opts)
-        return f"{opts.base_url} model={served_name(expert, opts)}"
+        return f"{' | '.join(opts.urls)} model={served_name(expert, opts)}"
+
+    def default_placement(self, expert: ExpertSpec) -> str | None:
+        """Experts on the same server(s) share one executor worker; others run alongside."""
+        try:
+            return ",".join(self.options(expert).urls)
+        except Exception:  # invalid options: load() reports them
+            return None
+
+    def take_failovers(self, expert_id: str) -> int:
+        """Requests of `expert_id` moved to another replica since the last call."""
+        with self._counter_lock:
+            return self._failovers.pop(expert_id, 0)
+
+    def _count_failover(self, expert_id: str) -> None:
+        with self._counter_lock:
+            self._failovers[expert_id] = self._failovers.get(expert_id, 0) + 1
 
     def _api_key(self, expert: ExpertSpec, opts: OpenAIHTTPOptions) -> str | None:
         if not opts.api_key_env:
@@ -106,26 +148,25 @@ class OpenAIHTTPBackend(BaseBackend):
 
     async def _expert_batch(self, expert_id: str,
                             requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """One expert's requests through one client, at most `concurrency` in flight, in order."""
+        """One expert's requests through one client, at most `concurrency` in flight per
+        replica, in order."""
         import httpx
 
         expert, opts, key = self.loaded(expert_id)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
-        limits = httpx.Limits(max_connections=opts.concurrency)
-        sem = asyncio.Semaphore(opts.concurrency)
-        async with httpx.AsyncClient(
-            base_url=opts.base_url.rstrip("/") + "/", headers=headers, timeout=timeout,
-            limits=limits,
-        ) as client:
+        group = self.replicas.group(opts.urls)
+        limits = httpx.Limits(max_connections=opts.concurrency * len(group))
+        sem = asyncio.Semaphore(opts.concurrency * len(group))
+        async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
             async def one(request: GenerationRequest) -> GenerationResult:
                 async with sem:
-                    return await self._one(client, expert, opts, request)
+                    return await self._one(client, expert, opts, group, request)
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def _one(self, client, expert: ExpertSpec, opts: OpenAIHTTPOptions,
-                   request: GenerationRequest) -> GenerationResult:
+                   group: list[Replica], request: GenerationRequest) -> GenerationResult:
         import httpx
 
         body = {
@@ -137,33 +178,66 @@ class OpenAIHTTPBackend(BaseBackend):
             "seed": request.sampling.seed,
             **opts.extra_body,
         }
-        attempt = 0
+        attempt = sends = 0
+        tried: set[str] = set()  # replicas that failed this request since the last backoff
+        last_failed: str | None = None
+        work = request.sampling.max_tokens
         while True:
+            pick = self.replicas.choose(group, tried)
+            replica = pick.replica
+            if pick.probe and not await self._probe(client, replica, opts):
+                tried.add(replica.url)
+                continue
+            if last_failed is not None and replica.url != last_failed:
+                self._count_failover(expert.id)
+            self.replicas.begin(replica, work)
+            sends += 1
             try:
-                resp = await client.post("chat/completions", json=body)
+                resp = await client.post(f"{replica.url}/chat/completions", json=body)
                 if resp.status_code >= 400:
                     raise _HTTPError(resp.status_code, _error_message(resp), _retry_after(resp))
                 return _parse(request, resp)
             except (_HTTPError, httpx.TimeoutException, httpx.TransportError) as err:
                 status = getattr(err, "status", None)
+                if status is None or status >= 500:  # the replica's fault: cool it down
+                    self.replicas.failed(group, replica, opts.cooldown_s)
                 retryable = status is None or status in RETRY_STATUS
+                tried.add(replica.url)
+                last_failed = replica.url
+                if retryable and self.replicas.has_alternative(group, tried):
+                    continue  # fail over at once: another replica may answer
                 if not retryable or attempt >= opts.max_retries:
                     what = f"HTTP {status}" if status else type(err).__name__
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    tries = f" after {sends} attempts" if sends > 1 else ""
                     detail = str(err) or (  # httpx timeouts carry no message of their own
                         f"no answer within timeout_s={opts.timeout_s:g} "
                         f"(connect_timeout_s={opts.connect_timeout_s:g})"
                         if isinstance(err, httpx.TimeoutException) else "no detail")
-                    return failed(request, f"{what} from {opts.base_url}{tries}: {detail}")
+                    return failed(request, f"{what} from {replica.url}{tries}: {detail}")
                 jitter = 0.75 + random.random() / 2
                 delay = min(opts.backoff_s * 2**attempt * jitter, opts.backoff_max_s)
                 retry_after = getattr(err, "retry_after", None)
                 if retry_after is not None:  # the server's "not before": no jitter below it
                     delay = max(delay, min(retry_after, opts.backoff_max_s))
                 attempt += 1
+                tried.clear()
                 await asyncio.sleep(delay)
             except ValueError as err:  # JSON that is not a chat completion
-                return failed(request, f"bad response from {opts.base_url}: {err}")
+                return failed(request, f"bad response from {replica.url}: {err}")
+            finally:
+                self.replicas.end(replica, work)
+
+    async def _probe(self, client, replica: Replica, opts: OpenAIHTTPOptions) -> bool:
+        """GET {base_url}/models on a replica whose cooldown ended; True when it answers 200."""
+        import httpx
+
+        try:
+            resp = await client.get(f"{replica.url}/models", timeout=opts.connect_timeout_s)
+            ok = resp.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        self.replicas.probed(replica, ok, opts.cooldown_s)
+        return ok
 
 
 def _retry_after(resp) -> float | None:
