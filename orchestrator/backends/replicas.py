@@ -4,7 +4,8 @@ cooling down after a failure.
 Semantics follow LiteLLM's router (litellm/router_utils/cooldown_handlers.py): a replica that
 fails with a connection error, a timeout or a 5xx is put in cooldown (`cooldown_s`, LiteLLM's
 default 5 s) and the request fails over at once to another replica; a 4xx other than 408/409/429
-is the request's own fault, so it neither fails over nor cools the replica down. Unlike LiteLLM,
+is the request's own fault, so it neither fails over nor cools the replica down (408, 409 and
+429 fail over at once but cool nothing down). Unlike LiteLLM,
 the first such failure already cools a replica down (a dead server fails every request), a
 replica that is alone is never cooled down (there is nowhere else to go; the caller's retries
 with backoff apply), and a replica whose cooldown ended gets one health probe
@@ -55,19 +56,20 @@ class ReplicaTable:
             return [self._by_url.setdefault(u, Replica(u)) for u in urls]
 
     def choose(self, group: list[Replica], tried: set[str]) -> Pick:
-        """The healthy untried replica with the least outstanding work; else an untried one
-        due for its health probe; else (every replica tried or cooling down) the healthy one
-        with the least work, or the one whose cooldown ends first."""
+        """An untried replica whose cooldown just ended (to probe, so that it rejoins); else
+        the healthy untried replica with the least outstanding work; else (every replica tried
+        or cooling down) the healthy one with the least work, or the one whose cooldown ends
+        first."""
         now = time.monotonic()
         with self.lock:
             fresh = [r for r in group if r.url not in tried]
-            healthy = [r for r in fresh if r.healthy(now)]
-            if healthy:
-                return Pick(min(healthy, key=lambda r: (r.outstanding, r.sent)))
             due = [r for r in fresh if r.needs_probe and r.cooldown_until <= now and not r.probing]
             if due:
                 due[0].probing = True
                 return Pick(due[0], probe=True)
+            healthy = [r for r in fresh if r.healthy(now)]
+            if healthy:
+                return Pick(min(healthy, key=lambda r: (r.outstanding, r.sent)))
             anyone = [r for r in group if r.healthy(now)] or group
             return Pick(min(anyone, key=lambda r: (r.cooldown_until, r.outstanding, r.sent)))
 
