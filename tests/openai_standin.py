@@ -60,6 +60,7 @@ class Engine:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as uvicorn: no 40 ms delayed-ACK stalls per request
     server: StandIn
 
     def _send(self, status: int, payload: Any) -> None:
@@ -122,6 +123,7 @@ class Handler(BaseHTTPRequestHandler):
 class StandIn(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # listen backlog (socketserver's 5 drops concurrent connects)
 
     def __init__(self, model: str, host: str = "127.0.0.1", port: int = 0,
                  batch_latency_s: float = 0.0, hang: bool = False,
@@ -152,6 +154,42 @@ class StandIn(ThreadingHTTPServer):
         self.stop.set()
         self.shutdown()
         self.server_close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float = 10.0) -> bool:
+    """Poll GET {url}/health (url without /v1) until it answers 200."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=0.5) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def spawn(model: str = "m", *flags: str):
+    """This script as a subprocess on a free loopback port: (Popen, base URL with /v1)."""
+    import subprocess
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, model, "--port", str(port), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_healthy(f"http://127.0.0.1:{port}"):
+        proc.kill()
+        raise RuntimeError(f"the stand-in server on port {port} did not start")
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def main(argv: list[str]) -> None:

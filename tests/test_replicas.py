@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from orchestrator import Orchestrator, load_pool
@@ -22,10 +18,9 @@ from orchestrator.errors import ConfigError
 from orchestrator.types import ExpertSpec, GenerationRequest, Message
 
 from .conftest import write_pool
-from .openai_standin import StandIn
+from .openai_standin import StandIn, spawn
 
 pytestmark = pytest.mark.timeout(30)
-STANDIN = Path(__file__).with_name("openai_standin.py")
 FAST = {"backoff_s": 0.0, "max_retries": 2, "timeout_s": 5.0}
 
 
@@ -122,29 +117,8 @@ def test_replica_urls_are_validated():
             backend(bad)
 
 
-def start_standin(latency: float) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "m", "--port", str(port),
-                             "--batch-latency-s", str(latency)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=0.5).status_code == 200:
-                return proc, url + "/v1"
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("stand-in server did not start")
-
-
 def test_replica_killed_mid_run_loses_nothing(tmp_path):
-    procs = [start_standin(0.05) for _ in range(2)]
+    procs = [spawn("m", "--batch-latency-s", "0.05") for _ in range(2)]
     try:
         path = write_pool(tmp_path / "pool.yaml", [
             {"id": "r", "backend": "openai_http", "model": "m",

@@ -20,6 +20,7 @@ Options:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
@@ -32,6 +33,7 @@ from pydantic import Field, field_validator
 from ..errors import ConfigError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
+from .ioloop import IOLoop
 from .replicas import Replica, ReplicaTable
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -71,6 +73,17 @@ class _HTTPError(Exception):
         self.status, self.retry_after = status, retry_after
 
 
+@functools.cache
+def _ssl_context():
+    """httpx's default TLS context, built once: building it (loading the CA bundle) took
+    0.05-0.1 s per client, i.e. per generate call."""
+    import ssl
+
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def served_name(expert, opts) -> str:
     """The `model` field of the request: remote_model, else the adapter, else the model."""
     return opts.remote_model or expert.adapter or expert.model
@@ -86,6 +99,8 @@ class OpenAIHTTPBackend(BaseBackend):
         self.replicas = ReplicaTable()
         self._failovers: dict[str, int] = {}
         self._counter_lock = threading.Lock()
+        self._io = IOLoop("openai-http")
+        self._clients: dict[str, Any] = {}  # expert id -> httpx.AsyncClient on self._io
 
     def check(self, expert: ExpertSpec) -> str:
         opts = self.options(expert)
@@ -123,47 +138,73 @@ class OpenAIHTTPBackend(BaseBackend):
         opts = self.options(expert)
         self._loaded[expert.id] = (expert, opts, self._api_key(expert, opts))
 
+    def release(self, expert_id: str) -> None:
+        super().release(expert_id)
+        client = self._clients.pop(expert_id, None)
+        if client is not None:
+            self._io.submit(client.aclose())
+
+    def close(self) -> None:
+        super().close()
+        self._io.close()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Blocking; from any thread (also one running an event loop): the requests run on
+        this backend's own I/O loop, whose clients keep their connections between calls."""
         if not requests:
             return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.agenerate(requests))
-        # Called from inside an event loop (e.g. a server handler's thread): run on our own, in a
-        # worker thread, so that an error raised there reaches the caller as itself.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-http") as pool:
-            return pool.submit(asyncio.run, self.agenerate(requests)).result()
+        if self._io.in_loop_thread():  # not expected; never block the loop on itself
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-http") as pool:
+                return pool.submit(asyncio.run, self.agenerate(requests)).result()
+        return self._io.run(self._generate(requests, keep_clients=True))
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Awaitable on the caller's own loop (one client per call)."""
+        return await self._generate(requests, keep_clients=False)
+
+    async def _generate(self, requests: Sequence[GenerationRequest],
+                        keep_clients: bool) -> list[GenerationResult]:
         by_expert: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             by_expert.setdefault(r.expert, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for expert_id, idx in by_expert.items():
-            batch = await self._expert_batch(expert_id, [requests[i] for i in idx])
+            batch = await self._expert_batch(expert_id, [requests[i] for i in idx], keep_clients)
             for i, result in zip(idx, batch):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    async def _expert_batch(self, expert_id: str,
-                            requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """One expert's requests through one client, at most `concurrency` in flight per
-        replica, in order."""
+    def _client(self, opts: OpenAIHTTPOptions, key: str | None):
         import httpx
 
-        expert, opts, key = self.loaded(expert_id)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
+        limits = httpx.Limits(max_connections=opts.concurrency * len(opts.urls))
+        return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits,
+                                 verify=_ssl_context())
+
+    async def _expert_batch(self, expert_id: str, requests: list[GenerationRequest],
+                            keep_clients: bool) -> list[GenerationResult]:
+        """One expert's requests through one client, at most `concurrency` in flight per
+        replica, in order."""
+        expert, opts, key = self.loaded(expert_id)
         group = self.replicas.group(opts.urls)
-        limits = httpx.Limits(max_connections=opts.concurrency * len(group))
         sem = asyncio.Semaphore(opts.concurrency * len(group))
-        async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
+
+        async def send_all(client) -> list[GenerationResult]:
             async def one(request: GenerationRequest) -> GenerationResult:
                 async with sem:
                     return await self._one(client, expert, opts, group, request)
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
+
+        if not keep_clients:
+            async with self._client(opts, key) as client:
+                return await send_all(client)
+        client = self._clients.get(expert_id)
+        if client is None:
+            client = self._clients[expert_id] = self._client(opts, key)
+        return await send_all(client)
 
     async def _one(self, client, expert: ExpertSpec, opts: OpenAIHTTPOptions,
                    group: list[Replica], request: GenerationRequest) -> GenerationResult:
