@@ -179,3 +179,15 @@ def test_a_hung_server_does_not_delay_a_run_for_healthy_experts(tmp_path, server
         if with_hung:
             assert not results[-1].ok and "timeout" in results[-1].error.lower()
     assert latency[False] < 1.0 and latency[True] < 1.0, latency  # nominal 0.03 s
+
+
+def test_the_multinode_example_manifest_is_valid_and_runs_on_four_placements():
+    from .conftest import ROOT
+
+    with Orchestrator.from_files(ROOT / "pools" / "multinode.yaml") as o:
+        rows = o.check()  # every expert's options validate; nothing is contacted
+        assert {spec.backend for spec, _ in rows} == {"openai_http"}
+        lanes = o.executor.placements(reqs([("q", e) for e in o.specs]))
+    assert lanes["qwen2.5-7b-instruct"].key == "http://node-c:8000/v1,http://node-d:8000/v1"
+    assert lanes["mistral-nemo-math"] == lanes["mistral-nemo-instruct"]  # one engine, one worker
+    assert len({lane.key for lane in lanes.values()}) == 4
