@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from orchestrator import Orchestrator, load_pool
 from orchestrator.config import RunConfig
@@ -32,11 +33,13 @@ def fake_orch(tmp_path, n=4, gpus=None, placements=None, batch_s=0.0, resident_l
                 "options": {"batch_s": batch_s}} for i in range(n)]
     for e, p in (placements or {}).items():
         experts[int(e[1:])]["placement"] = p
-    path = write_pool(tmp_path / "pool.yaml", experts, resident_limit)
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "resident_limit": resident_limit,
+                                    **({"gpus": gpus} if gpus else {}), "experts": experts}))
     pool = load_pool(path)
     o = Orchestrator(pool, RunConfig(batch_size=batch_size))
-    # what core.py does once it passes the pool's gpus (see the report to the lead)
-    o.executor = GroupedExecutor(o.residency, batch_size, gpus=gpus)
+    # what core.py does once it passes the pool's gpus to the executor
+    o.executor = GroupedExecutor(o.residency, batch_size, gpus=pool.gpus)
     return o
 
 
@@ -108,6 +111,17 @@ def test_on_batch_sees_every_result_once_in_the_calling_thread(tmp_path):
     results, _ = o.executor.execute(reqs(pairs), on_batch=on_batch)
     assert sorted(seen) == list(range(9)) and threads == {threading.get_ident()}
     assert all(r.ok for r in results)
+
+
+def test_the_on_batch_attribute_is_called_too(tmp_path):
+    # the generation store sets executor.on_batch; an execute() argument adds to it
+    o = fake_orch(tmp_path, n=2, gpus=[0, 1], batch_size=1)
+    attribute, argument = [], []
+    o.executor.on_batch = lambda results: attribute.extend(results)
+    results, _ = o.executor.execute(reqs([("q0", "e0"), ("q0", "e1"), ("q1", "e0")]),
+                                    on_batch=lambda results: argument.extend(results))
+    assert sorted(r.request.index for r in attribute) == [0, 1, 2]
+    assert sorted(r.request.index for r in argument) == [0, 1, 2]
 
 
 def test_cancel_one_placement_fails_only_its_pending_requests(tmp_path):

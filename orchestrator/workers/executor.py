@@ -8,8 +8,11 @@ placement, each keeping that schedule; a placement serves one execution at a tim
 concurrent `execute` calls (the server's batches) wait only for the placements they share.
 `naive`: the per-instance baseline, which loads the expert for every single request.
 
-`execute(requests, on_batch)` calls `on_batch(results)` after each finished batch, in the
-calling thread (a store writing there needs no locking).
+`on_batch(results)` (an `execute` argument, or the executor's `on_batch` attribute, which the
+generation store sets; both are called when both are set) receives each finished batch, failed
+ones included, in the thread that called `execute` (a store writing there needs no locking).
+With one placement that happens before the next batch starts; with several, the other
+placements go on meanwhile.
 """
 
 from __future__ import annotations
@@ -57,9 +60,20 @@ class ExecutorBase:
     name = "base"
 
     def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False,
-                 gpus: Sequence[int] | None = None):
+                 on_batch: OnBatch | None = None, gpus: Sequence[int] | None = None):
         self.residency, self.batch_size, self.progress = residency, batch_size, progress
+        self.on_batch = on_batch
         self.gpus = list(gpus) if gpus else None
+
+    def _hook(self, on_batch: OnBatch | None) -> OnBatch:
+        """The callbacks for finished batches: the argument and the attribute, in that order."""
+        hooks = [h for h in (on_batch, self.on_batch) if h is not None]
+
+        def call(results: list[GenerationResult]) -> None:
+            for hook in hooks:
+                hook(results)
+
+        return call
 
     @property
     def specs(self) -> dict[str, ExpertSpec]:
@@ -130,8 +144,8 @@ class GroupedExecutor(ExecutorBase):
     name = "grouped"
 
     def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False,
-                 gpus: Sequence[int] | None = None):
-        super().__init__(residency, batch_size, progress, gpus)
+                 on_batch: OnBatch | None = None, gpus: Sequence[int] | None = None):
+        super().__init__(residency, batch_size, progress, on_batch, gpus)
         self._lane_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._runs: set[_Run] = set()
@@ -180,6 +194,7 @@ class GroupedExecutor(ExecutorBase):
         for expert_id in groups:
             by_lane.setdefault(lanes[expert_id], []).append(expert_id)
         results: list[GenerationResult | None] = [None] * len(requests)
+        hook = self._hook(on_batch)
         lane_stats = {lane: ExecutionStats() for lane in by_lane}
         run = _Run()
         with self._guard:
@@ -204,9 +219,9 @@ class GroupedExecutor(ExecutorBase):
 
                 if len(by_lane) <= 1:  # one placement: in this thread, as before placements
                     for lane in by_lane:
-                        work(lane, on_batch or (lambda res: None))
+                        work(lane, hook)
                 else:
-                    self._run_lanes(by_lane, work, on_batch, run)
+                    self._run_lanes(by_lane, work, hook, run)
         finally:
             with self._guard:
                 self._runs.discard(run)
@@ -216,7 +231,7 @@ class GroupedExecutor(ExecutorBase):
         stats.wall_s = time.perf_counter() - start
         return results, stats
 
-    def _run_lanes(self, by_lane, work, on_batch: OnBatch | None, run: _Run) -> None:
+    def _run_lanes(self, by_lane, work, on_batch: OnBatch, run: _Run) -> None:
         """One daemon thread per placement; finished batches come back through a queue so
         that `on_batch` runs in this thread."""
         finished: queue.SimpleQueue = queue.SimpleQueue()
@@ -241,7 +256,7 @@ class GroupedExecutor(ExecutorBase):
                     continue
                 if item is done_marker:
                     running -= 1
-                elif on_batch is not None:
+                else:
                     on_batch(item)
         except BaseException:  # Ctrl-C or a failing on_batch: stop every placement, re-raise
             run.cancel()
@@ -291,6 +306,7 @@ class NaiveExecutor(ExecutorBase):
     def execute(self, requests, on_batch=None):
         start = time.perf_counter()
         stats = ExecutionStats()
+        hook = self._hook(on_batch)
         self.residency.release_all()
         results: list[GenerationResult] = []
         with make_progress(self.progress) as bar:
@@ -308,8 +324,7 @@ class NaiveExecutor(ExecutorBase):
                     batch = self._generate(r.expert, [r], stats)
                     self.residency.release(r.expert, stats)
                 results.extend(batch)
-                if on_batch is not None:
-                    on_batch(batch)
+                hook(batch)
                 bar.advance(r.expert, 1)
         stats.placement(DEFAULT_PLACEMENT).requests = len(requests)
         stats.wall_s = time.perf_counter() - start
