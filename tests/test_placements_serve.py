@@ -14,19 +14,11 @@ import pytest
 from orchestrator.chat import complete_batch
 from orchestrator.workers.batcher import MicroBatcher
 
-from .openai_standin import StandIn
+from . import test_placements
 from .test_placements import http_orch
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def servers():
-    healthy = StandIn("healthy-model", batch_latency_s=0.03).start()
-    hung = StandIn("hung-model", hang=True).start()
-    yield healthy, hung
-    healthy.close()
-    hung.close()
+servers = test_placements.servers  # the fixture: a healthy and a hung loopback server
 
 
 def chat(model: str, text: str) -> dict:
