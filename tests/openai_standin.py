@@ -3,8 +3,9 @@
 
 It answers `POST /v1/chat/completions` like a continuously batching engine: requests that wait
 together form one batch, and every batch takes `--batch-latency-s` whatever its size. It also
-answers `GET /v1/models` (the served model and LoRA names), `GET /health`, and
-`GET /standin` (its argv, CUDA_VISIBLE_DEVICES and counters, for tests). `--hang`: accept
+answers `GET /v1/models` (the served model and LoRA names), `GET /health`, vLLM's sleep-mode
+routes (`POST /sleep?level=N`, `POST /wake_up`, `GET /is_sleeping`; a sleeping server answers
+chat requests with 503), and `GET /standin` (its argv, CUDA_VISIBLE_DEVICES and counters). `--hang`: accept
 connections and never answer (a hung upstream). It takes `vllm serve`'s command line: the
 model first, then `--host --port --served-model-name --lora-modules name=path ...`; other vLLM
 flags are accepted and only recorded.
@@ -82,10 +83,14 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [
                 {"id": name, "object": "model", "owned_by": "standin"} for name in s.names]})
+        elif self.path == "/is_sleeping":
+            self._send(200, {"is_sleeping": s.sleeping is not None})
         elif self.path == "/standin":
             self._send(200, {"argv": s.argv, "cuda_visible_devices":
                              os.environ.get("CUDA_VISIBLE_DEVICES"), "port": s.port,
-                             "batches": s.engine.batches, "requests": s.engine.requests})
+                             "batches": s.engine.batches, "requests": s.engine.requests,
+                             "sleeping": s.sleeping, "dev_mode": os.environ.get(
+                                 "VLLM_SERVER_DEV_MODE")})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -95,6 +100,17 @@ class Handler(BaseHTTPRequestHandler):
         s.log.append(("POST", self.path))
         if s.hang:
             s.stop.wait()
+            return
+        if self.path.startswith("/sleep"):
+            s.sleeping = int(self.path.partition("level=")[2] or 1)
+            self._send(200, {})
+            return
+        if self.path == "/wake_up":
+            s.sleeping = None
+            self._send(200, {})
+            return
+        if s.sleeping is not None:
+            self._send(503, {"error": {"message": "the engine is sleeping"}})
             return
         if s.fail_status is not None:
             self._send(s.fail_status, {"error": {"message": f"standin fails with {s.fail_status}"}})
@@ -138,6 +154,7 @@ class StandIn(ThreadingHTTPServer):
         self.stop = threading.Event()
         self.argv = argv or []
         self.fail_status: int | None = None  # set: every chat request gets this status
+        self.sleeping: int | None = None  # the sleep level, None when awake
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         self._thread: threading.Thread | None = None
 

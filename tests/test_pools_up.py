@@ -117,3 +117,39 @@ def test_bad_gpus_and_pools_without_vllm_experts_are_user_errors(tmp_path):
     plain = write_pool(tmp_path / "plain.yaml", [{"id": "f", "backend": "fake"}])
     result = runner.invoke(app, ["pools", "up", str(plain)])
     assert result.exit_code == 2 and "no vllm expert" in result.output
+
+
+def test_sleep_mode_servers_on_one_gpu_take_turns(tmp_path):
+    engine = {"enable_sleep_mode": True, "gpu_memory_utilization": 0.8}
+    path = write_pool(tmp_path / "pool.yaml", [
+        {"id": "x", "backend": "vllm", "model": "org/model-x", "options": engine},
+        {"id": "y", "backend": "vllm", "model": "org/model-y", "options": engine},
+    ])
+    runner = CliRunner()
+    served = tmp_path / "served.yaml"
+    result = runner.invoke(app, ["pools", "up", str(path), "--gpus", "0", "--out", str(served),
+                                 "--command", COMMAND, "--base-port", "0", "--timeout-s", "20"])
+    assert result.exit_code == 0, result.output
+    try:
+        urls = [s["url"] for s in json.loads((tmp_path / "served.yaml.state.json")
+                                             .read_text())["servers"]]
+        info = [standin_info(u) for u in urls]
+        # started one after the other: the first sleeps, the last is awake; full memory each
+        assert [i["sleeping"] for i in info] == [1, None]
+        assert all(i["dev_mode"] == "1" for i in info)
+        assert all(i["argv"][i["argv"].index("--gpu-memory-utilization") + 1] == "0.800"
+                   for i in info)
+        experts = {e["id"]: e for e in yaml.safe_load(served.read_text())["experts"]}
+        assert {e["placement"] for e in experts.values()} == {"gpu:0"}
+        assert all(e["options"]["sleep_level"] == 1 for e in experts.values())
+        o = Orchestrator(load_pool(served), RunConfig())
+        for order in (["x", "y"], ["y", "x", "x"]):
+            batch = [GenerationRequest(expert=e, messages=(Message("user", "hi"),), index=i)
+                     for i, e in enumerate(order)]
+            results, _ = o.executor.execute(batch)
+            assert all(r.ok for r in results), [r.error for r in results]
+            awake = [standin_info(u)["sleeping"] is None for u in urls]
+            assert sum(awake) == 1  # one awake engine on the GPU
+        o.close()
+    finally:
+        runner.invoke(app, ["pools", "down", str(served), "--grace-s", "5"])

@@ -6,6 +6,8 @@ Options:
                     server: requests spread by outstanding work; connection errors, timeouts
                     and 5xx fail over to another replica, which cools down (replicas.py)
   cooldown_s        how long a failed replica gets no traffic (then one health probe)
+  sleep_level       1 or 2: the server runs vLLM sleep mode; loading the expert wakes it,
+                    after sleeping idle servers with the same `placement` (server_sleep.py)
   api_key_env       name of the environment variable that holds the key (never the key itself)
   remote_model      model name sent to the server (default: the expert's `adapter` when set, as
                     a vLLM server names its LoRA adapters, else the expert's `model`)
@@ -26,7 +28,7 @@ import random
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -35,6 +37,7 @@ from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
 from .ioloop import IOLoop
 from .replicas import Replica, ReplicaTable
+from .server_sleep import SleepSwitch
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -42,6 +45,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 class OpenAIHTTPOptions(BackendOptions):
     base_url: str | list[str]
     cooldown_s: float = Field(default=5.0, ge=0)
+    sleep_level: Literal[1, 2] | None = None
     api_key_env: str | None = None
     remote_model: str | None = None
     concurrency: int = Field(default=8, ge=1, le=1024)
@@ -101,6 +105,7 @@ class OpenAIHTTPBackend(BaseBackend):
         self._counter_lock = threading.Lock()
         self._io = IOLoop("openai-http")
         self._clients: dict[str, Any] = {}  # expert id -> httpx.AsyncClient on self._io
+        self._sleep = SleepSwitch()
 
     def check(self, expert: ExpertSpec) -> str:
         opts = self.options(expert)
@@ -136,10 +141,15 @@ class OpenAIHTTPBackend(BaseBackend):
 
     def load(self, expert: ExpertSpec) -> None:
         opts = self.options(expert)
-        self._loaded[expert.id] = (expert, opts, self._api_key(expert, opts))
+        key = self._api_key(expert, opts)
+        if opts.sleep_level:
+            placement = expert.placement if isinstance(expert.placement, str) else None
+            self._sleep.wake(expert.id, opts.urls, placement, opts.sleep_level, opts.timeout_s)
+        self._loaded[expert.id] = (expert, opts, key)
 
     def release(self, expert_id: str) -> None:
         super().release(expert_id)
+        self._sleep.released(expert_id)
         client = self._clients.pop(expert_id, None)
         if client is not None:
             self._io.submit(client.aclose())

@@ -6,9 +6,14 @@ under `--served-model-name`, each LoRA expert as `--lora-modules ID=FOLDER` (vLL
 adapter under its own model name). Servers go onto the GPUs given (`--gpus`): an expert's own
 `placement` first, then the rest one per least-used GPU; each process sees only its GPUs
 (CUDA_VISIBLE_DEVICES), so vLLM numbers them from 0. Servers sharing a GPU split the memory
-share the manifest gives (`gpu_memory_utilization`, vLLM's default 0.9). Flags follow vLLM's
-`vllm serve` (vllm/entrypoints/openai/cli_args.py, vllm/engine/arg_utils.py). Other experts
-(openai_http, transformers, fake, ...) are copied into the new manifest unchanged.
+share the manifest gives (`gpu_memory_utilization`, vLLM's default 0.9), unless all of them
+have `enable_sleep_mode`: then they take turns, as the in-process vllm backend's engines do.
+They start one after another, each put to sleep (`POST /sleep`, VLLM_SERVER_DEV_MODE=1) once
+healthy, and their experts get `placement: gpu:N` (one executor worker for the GPU) and
+`sleep_level` (the openai_http backend wakes a server when its expert loads and sleeps the
+idle ones of that GPU first: backends/server_sleep.py). Flags follow vLLM's `vllm serve`
+(vllm/entrypoints/openai/cli_args.py, vllm/engine/arg_utils.py). Other experts (openai_http,
+transformers, fake, ...) are copied into the new manifest unchanged.
 
 The running servers are recorded in `MANIFEST.state.json` (pids, ports, logs) for `pools down`.
 """
@@ -48,6 +53,16 @@ class ServerPlan:
     dtype: str | None
     gpus: list[int] = field(default_factory=list)
     port: int = 0
+    wave: int = 0  # start order on a GPU shared by sleeping servers (0: at once)
+    switching: bool = False  # takes turns with other servers on its GPUs (sleep mode)
+
+    @property
+    def sleepy(self) -> bool:
+        return bool(self.options.get("enable_sleep_mode"))
+
+    @property
+    def placement(self) -> str:
+        return "gpu:" + ",".join(map(str, self.gpus))
 
     def flags(self, host: str, share: int) -> list[str]:
         """`vllm serve` flags; `share`: servers on this server's busiest GPU."""
@@ -131,7 +146,29 @@ def plan_servers(pool: PoolConfig, gpus: list[int]) -> list[ServerPlan]:
                           "servers for vllm experts only.")
     servers = list(plans.values())
     _place(servers, gpus)
+    _turns(servers)
     return servers
+
+
+def _turns(servers: list[ServerPlan]) -> None:
+    """Servers on the same GPUs that all have sleep mode take turns (see the module doc)."""
+    groups: dict[tuple[int, ...], list[ServerPlan]] = {}
+    for s in servers:
+        if s.gpus:
+            groups.setdefault(tuple(s.gpus), []).append(s)
+    for group in groups.values():
+        if len(group) > 1 and all(s.sleepy for s in group):
+            for wave, s in enumerate(group):
+                s.wave, s.switching = wave, True
+
+
+def _memory_shares(servers: list[ServerPlan]) -> dict[int, int]:
+    """GPU -> engines holding memory there at once (servers taking turns count once)."""
+    users: dict[int, set] = {}
+    for s in servers:
+        for g in s.gpus:
+            users.setdefault(g, set()).add(s.placement if s.switching else s.name)
+    return {g: len(u) for g, u in users.items()}
 
 
 def _place(servers: list[ServerPlan], gpus: list[int]) -> None:
@@ -198,40 +235,20 @@ def start(pool: PoolConfig, out: Path, gpus: list[int], command: str = DEFAULT_C
                         f"`orchestrate pools down {out}` first.")
     logs = out.parent / f"{out.stem}.logs"
     logs.mkdir(parents=True, exist_ok=True)
-    share: dict[int, int] = {}
-    for s in servers:
-        for g in s.gpus:
-            share[g] = share.get(g, 0) + 1
+    share = _memory_shares(servers)
     running: list[Running] = []
     try:
-        for i, s in enumerate(servers):
-            s.port = base_port + i if base_port else _free_port(host)
-            flags = s.flags(host, max((share[g] for g in s.gpus), default=1))
-            try:
-                cmd = shlex.split(command.format(model=shlex.quote(s.model),
-                                                 args=shlex.join(flags), python=sys.executable,
-                                                 host=host, port=s.port, name=s.name))
-            except (KeyError, IndexError, ValueError) as err:
-                raise UserError(f"--command '{command}' is not a valid template ({err}); use "
-                                "the fields {model} {args} {python} {host} {port} {name}") from None
-            env = dict(os.environ)
-            if s.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpus))
-            log_path = logs / f"{s.name}.log"
-            with open(log_path, "wb") as sink:
-                try:
-                    proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-                except OSError as err:
-                    raise UserError(f"could not start '{cmd[0]}' for server {s.name}: {err}. "
-                                    "Install vLLM or pass --command.") from None
-            url_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
-            running.append(Running(s.name, proc.pid, f"http://{url_host}:{s.port}/v1", s.gpus,
-                                   str(log_path), cmd))
-            log(f"started {s.name} (pid {proc.pid}) for {', '.join(s.experts)} on "
-                f"{'GPU ' + ','.join(map(str, s.gpus)) if s.gpus else 'the default device'}, "
-                f"port {s.port}")
-        _wait(running, timeout_s)
+        for wave in range(max(s.wave for s in servers) + 1):
+            started = []
+            for i, s in enumerate(servers):
+                if s.wave == wave:
+                    started.append(_launch(s, i, share, logs, command, host, base_port, log))
+                    running.append(started[-1])
+            _wait(started, timeout_s)
+            for s, r in zip([s for s in servers if s.wave == wave], started):
+                if s.switching and any(o.wave > wave for o in servers if o.gpus == s.gpus):
+                    _post(r.url.removesuffix("/v1") + f"/sleep?level={_level(s)}", r)
+                    log(f"{s.name} is asleep (level {_level(s)}) until one of its experts loads")
         _write_atomic(state_path, json.dumps({"manifest": str(out), "servers": [
             asdict(r) for r in running]}, indent=2))
         _write_atomic(out, yaml.safe_dump(served_manifest(pool, servers, running),
@@ -240,6 +257,51 @@ def start(pool: PoolConfig, out: Path, gpus: list[int], command: str = DEFAULT_C
         stop(running)
         raise
     return running
+
+
+def _level(s: ServerPlan) -> int:
+    return int(s.options.get("sleep_level") or 1)
+
+
+def _post(url: str, r: Running) -> None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=300):
+            pass
+    except OSError as err:
+        raise UserError(f"POST {url} failed for server {r.name} ({err}); see {r.log}") from None
+
+
+def _launch(s: ServerPlan, i: int, share: dict[int, int], logs: Path, command: str, host: str,
+            base_port: int, log) -> Running:
+    """Start one server process (its own session, output in its log file)."""
+    s.port = base_port + i if base_port else _free_port(host)
+    flags = s.flags(host, max((share[g] for g in s.gpus), default=1))
+    try:
+        cmd = shlex.split(command.format(model=shlex.quote(s.model),
+                                         args=shlex.join(flags), python=sys.executable,
+                                         host=host, port=s.port, name=s.name))
+    except (KeyError, IndexError, ValueError) as err:
+        raise UserError(f"--command '{command}' is not a valid template ({err}); use "
+                        "the fields {model} {args} {python} {host} {port} {name}") from None
+    env = dict(os.environ)
+    if s.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpus))
+    if s.sleepy:
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # exposes /sleep and /wake_up
+    log_path = logs / f"{s.name}.log"
+    with open(log_path, "wb") as sink:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as err:
+            raise UserError(f"could not start '{cmd[0]}' for server {s.name}: {err}. "
+                            "Install vLLM or pass --command.") from None
+    url_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    log(f"started {s.name} (pid {proc.pid}) for {', '.join(s.experts)} on "
+        f"{'GPU ' + ','.join(map(str, s.gpus)) if s.gpus else 'the default device'}, "
+        f"port {s.port}")
+    return Running(s.name, proc.pid, f"http://{url_host}:{s.port}/v1", s.gpus,
+                   str(log_path), cmd)
 
 
 def _wait(running: list[Running], timeout_s: float) -> None:
@@ -274,6 +336,9 @@ def served_manifest(pool: PoolConfig, servers: list[ServerPlan],
             data["backend"] = "openai_http"
             data["options"] = {"base_url": url_of[s.name],
                                "remote_model": e.id if e.id in lora_ids else s.served_name}
+            if s.switching:
+                data["placement"] = s.placement
+                data["options"]["sleep_level"] = _level(s)
         experts.append(data)
     return {"name": f"{pool.name}-served",
             "description": f"{pool.name} served by `orchestrate pools up` ({len(servers)} vLLM "
