@@ -164,7 +164,7 @@ def servers():
 
 
 def http_orch(tmp_path, healthy, hung):
-    opts = {"timeout_s": 3.0, "max_retries": 0, "backoff_s": 0.0}
+    opts = {"timeout_s": 1.5, "max_retries": 0, "backoff_s": 0.0}
     path = write_pool(tmp_path / "http.yaml", [
         {"id": "healthy", "backend": "openai_http", "model": "healthy-model",
          "options": {"base_url": healthy.url, **opts}},
