@@ -205,3 +205,10 @@ def test_the_multinode_example_manifest_is_valid_and_runs_on_four_placements():
     assert lanes["qwen2.5-7b-instruct"].key == "http://node-c:8000/v1,http://node-d:8000/v1"
     assert lanes["mistral-nemo-math"] == lanes["mistral-nemo-instruct"]  # one engine, one worker
     assert len({lane.key for lane in lanes.values()}) == 4
+
+
+def test_an_unknown_expert_fails_its_requests_only(tmp_path):
+    o = fake_orch(tmp_path, n=2, gpus=[0, 1])
+    results, _ = o.executor.execute(reqs([("q", "e0"), ("q", "nope"), ("q", "e1")]))
+    assert [r.ok for r in results] == [True, False, True]
+    assert "loading expert 'nope' failed" in results[1].error

@@ -160,8 +160,8 @@ class GroupedExecutor(ExecutorBase):
         first_pos = {e: i for i, e in enumerate(rest)}
 
         def key(e: str):
-            spec = self.specs[e]
-            return (spec.backend, spec.model, first_pos[e])
+            spec = self.specs.get(e)  # an unknown expert fails when it loads
+            return (spec.backend, spec.model, first_pos[e]) if spec else ("", "", first_pos[e])
 
         return resident + sorted(rest, key=key)
 
@@ -170,8 +170,10 @@ class GroupedExecutor(ExecutorBase):
         work: dict[str, float] = {}
         for r in requests:
             work[r.expert] = work.get(r.expert, 0.0) + r.sampling.max_tokens
-        return assign(work, self.specs, self.residency.backends.for_expert, self.gpus,
-                      self.residency.placement_of)
+        known = {e: w for e, w in work.items() if e in self.specs}
+        lanes = assign(known, self.specs, self.residency.backends.for_expert, self.gpus,
+                       self.residency.placement_of)
+        return {e: lanes.get(e, Lane(DEFAULT_PLACEMENT)) for e in work}  # unknown: load fails
 
     def cancel(self, placement: str | None = None) -> None:
         """Stop running executions at their next batch (one placement, or all); what did not
@@ -225,6 +227,10 @@ class GroupedExecutor(ExecutorBase):
         finally:
             with self._guard:
                 self._runs.discard(run)
+        for i, r in enumerate(results):  # a worker that died (a bug) must not lose requests
+            if r is None:
+                results[i] = GenerationResult(requests[i], error="its placement worker stopped "
+                                              "unexpectedly (see the log)")
         stats = ExecutionStats()
         for s in lane_stats.values():
             stats.merge(s)
@@ -240,6 +246,8 @@ class GroupedExecutor(ExecutorBase):
         def body(lane: Lane) -> None:
             try:
                 work(lane, finished.put)
+            except Exception:
+                log.exception("placement %s stopped", lane.key)
             finally:
                 finished.put(done_marker)
 
