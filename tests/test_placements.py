@@ -212,3 +212,18 @@ def test_an_unknown_expert_fails_its_requests_only(tmp_path):
     results, _ = o.executor.execute(reqs([("q", "e0"), ("q", "nope"), ("q", "e1")]))
     assert [r.ok for r in results] == [True, False, True]
     assert "loading expert 'nope' failed" in results[1].error
+
+
+def test_a_failing_on_batch_stops_every_placement_and_reaches_the_caller(tmp_path):
+    o = fake_orch(tmp_path, n=2, gpus=[0, 1], batch_s=0.05, batch_size=1)
+
+    def on_batch(results):
+        raise RuntimeError("disk full")
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="disk full"):
+        o.executor.execute(reqs([(f"q{i}", e) for e in ("e0", "e1") for i in range(20)]),
+                           on_batch=on_batch)
+    assert time.perf_counter() - t0 < 1.0  # not 20 batches x 0.05 s per placement
+    time.sleep(0.2)  # the workers stop at their next batch
+    assert len(o.backends.get("fake").history) < 10
