@@ -25,6 +25,11 @@ STANDIN = Path(__file__).with_name("openai_standin.py")
 COMMAND = f"{{python}} {STANDIN} {{model}} {{args}}"
 
 
+@pytest.fixture(autouse=True)
+def all_gpus_visible(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # indices below are physical
+
+
 def pool(tmp_path: Path) -> Path:
     adapter = tmp_path / "adapters" / "math"
     adapter.mkdir(parents=True, exist_ok=True)
@@ -153,3 +158,14 @@ def test_sleep_mode_servers_on_one_gpu_take_turns(tmp_path):
         o.close()
     finally:
         runner.invoke(app, ["pools", "down", str(served), "--grace-s", "5"])
+
+
+def test_gpu_indices_count_among_the_visible_devices():
+    from orchestrator.errors import UserError
+    from orchestrator.workers.fleet import visible_devices
+
+    assert visible_devices([0, 1], None) == "0,1"
+    assert visible_devices([0, 2], "4,5,6,7") == "4,6"
+    assert visible_devices([1], "GPU-aaaa,GPU-bbbb") == "GPU-bbbb"
+    with pytest.raises(UserError, match="GPU 4 is not among the 4 GPUs"):
+        visible_devices([4], "4,5,6,7")

@@ -191,6 +191,19 @@ def _place(servers: list[ServerPlan], gpus: list[int]) -> None:
         used[g] += 1
 
 
+def visible_devices(gpus: list[int], parent: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a server on `gpus`, indices among the GPUs this process sees
+    (under CUDA_VISIBLE_DEVICES=4,5,6,7, GPU 0 is physical GPU 4), as the vllm backend counts."""
+    if not parent or not parent.strip():
+        return ",".join(map(str, gpus))
+    seen = [d.strip() for d in parent.split(",") if d.strip()]
+    if max(gpus) >= len(seen):
+        raise UserError(f"GPU {max(gpus)} is not among the {len(seen)} GPUs this process sees "
+                        f"(CUDA_VISIBLE_DEVICES={parent}); placements and --gpus count from 0 "
+                        "among those")
+    return ",".join(seen[g] for g in gpus)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -285,7 +298,7 @@ def _launch(s: ServerPlan, i: int, share: dict[int, int], logs: Path, command: s
                         "the fields {model} {args} {python} {host} {port} {name}") from None
     env = dict(os.environ)
     if s.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpus))
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(s.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if s.sleepy:
         env["VLLM_SERVER_DEV_MODE"] = "1"  # exposes /sleep and /wake_up
     log_path = logs / f"{s.name}.log"
