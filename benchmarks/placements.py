@@ -8,7 +8,7 @@ stand-in for `vllm serve` whose every batch takes `--batch-latency-s`, whatever 
 2. One expert with two replicas; one replica is killed (SIGKILL) mid-run. Target: the run
    completes, no result is lost or failed, failovers are counted.
 
-    .venv/bin/python benchmarks/placements.py [--questions 32] [--batch-latency-s 0.5]
+    .venv/bin/python benchmarks/placements.py [--questions 32] [--batch-latency-s 1.0]
         [--batch-size 16] [--kill-after-s 0.5]
 """
 
@@ -106,7 +106,7 @@ def failover(args, folder: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=int, default=32)
-    p.add_argument("--batch-latency-s", type=float, default=0.5)
+    p.add_argument("--batch-latency-s", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--kill-after-s", type=float, default=0.5)
     args = p.parse_args()
