@@ -37,12 +37,27 @@ class ExpertConfig(StrictModel):
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+    placement: str | int | list[int] | None = Field(
+        default=None, description="a GPU index or list for vllm/transformers, a server name "
+        "for openai_http (default: its base URL); default auto")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:
         if self.adapter and self.lora_moe:
             raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
                              "folder already names its LoRA experts, so give only lora_moe")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> ExpertConfig:
+        p = self.placement
+        gpus = [p] if isinstance(p, int) else p if isinstance(p, list) else []
+        if isinstance(p, list) and (not p or len(set(p)) != len(p)):
+            raise ValueError(f"expert '{self.id}': placement {p} must list distinct GPU "
+                             "indices, e.g. [0, 1]")
+        if any(g < 0 for g in gpus) or p == "":
+            raise ValueError(f"expert '{self.id}': placement {p!r} is not a GPU index >= 0, "
+                             "a list of them or a server name")
         return self
 
     def to_spec(self) -> ExpertSpec:
@@ -54,7 +69,9 @@ class PoolConfig(StrictModel):
 
     name: str
     description: str | None = None
-    resident_limit: int = Field(default=1, ge=1)
+    resident_limit: int = Field(default=1, ge=1, description="loaded experts per placement")
+    gpus: list[int] | None = Field(default=None, description="GPU indices the executor packs "
+                                   "experts without a placement onto (one worker per GPU)")
     experts: list[ExpertConfig] = Field(min_length=1)
     aggregator: ExpertId | None = Field(
         default=None, description="the expert that fuses answers unless the run or the "
@@ -72,6 +89,14 @@ class PoolConfig(StrictModel):
         if self.aggregator is not None and self.aggregator not in seen:
             raise ValueError(f"aggregator '{self.aggregator}' is not an expert of this pool; "
                              f"name one of: {', '.join(seen)}")
+        return self
+
+    @model_validator(mode="after")
+    def _gpus(self) -> PoolConfig:
+        if self.gpus is not None and (not self.gpus or len(set(self.gpus)) != len(self.gpus)
+                                      or min(self.gpus) < 0):
+            raise ValueError(f"gpus {self.gpus} must list distinct GPU indices >= 0, e.g. "
+                             "[0, 1, 2, 3]")
         return self
 
     @property

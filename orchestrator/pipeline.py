@@ -13,6 +13,7 @@ the aggregator's own generations (fuse) in one more.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -77,17 +78,25 @@ class Pipeline:
         self.k = config.effective_k()
         self._routers: dict[str, Any] = {}
         self._aggregators: dict[str, Any] = {}
+        # Several batches may run at once (the server): routing (lazy annotator, embedder and
+        # router tables) runs one batch at a time; generation is locked per placement by the
+        # executor.
+        self._lock = threading.RLock()
 
     def using(self, executor) -> Pipeline:
         """The same pipeline over another executor (e.g. a cache in front of it)."""
         other = Pipeline(self.pool, self.config, self.generation.using(executor),
                          profile=self.profile, featurizer=self.featurizer)
-        other._routers = self._routers  # routers never generate: safe to share
+        other._routers, other._lock = self._routers, self._lock  # routers never generate
         return other
 
     # -- parts, built once per name -----------------------------------------------------------
 
     def router(self, name: str | None = None):
+        with self._lock:
+            return self._router(name)
+
+    def _router(self, name: str | None):
         resolved = self.config.model_copy(update={"router": name or self.config.router}).resolved()
         if resolved.router not in self._routers:
             self._routers[resolved.router] = ROUTERS.get(resolved.router)(
@@ -96,10 +105,11 @@ class Pipeline:
 
     def aggregator(self, name: str | None = None):
         name = name or self.config.aggregator
-        if name not in self._aggregators:
-            self._aggregators[name] = AGGREGATORS.get(name)(
-                self.pool, self.config, self.generation, self.profile)
-        return self._aggregators[name]
+        with self._lock:
+            if name not in self._aggregators:
+                self._aggregators[name] = AGGREGATORS.get(name)(
+                    self.pool, self.config, self.generation, self.profile)
+            return self._aggregators[name]
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -108,7 +118,11 @@ class Pipeline:
         """Selections in order, and the seconds of annotation and routing."""
         k = self.k if k is None else k
         check_k(k, self.pool)
-        chosen = self.router(router)
+        with self._lock:
+            return self._route(queries, self.router(router), k)
+
+    def _route(self, queries: Sequence[Query], chosen, k: int
+               ) -> tuple[list[Selection], dict[str, float]]:
         start = time.perf_counter()
         features = None
         if chosen.needs_profile:

@@ -383,7 +383,8 @@ def hold(s: Live, pool: ThreadPoolExecutor, key: str | None = None):
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path):
-    with live(make_orch(tmp_path), window_s=0, max_batch=1, max_queue=1) as s, \
+    with live(make_orch(tmp_path), window_s=0, max_batch=1, max_queue=1,
+              concurrency=1) as s, \
             ThreadPoolExecutor(2) as pool:
         first = hold(s, pool)
         until(lambda: s.serving.batcher.in_flight == 1)

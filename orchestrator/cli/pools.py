@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from . import pools_up
 from .common import handle_errors, out
 
-app = typer.Typer(help="Inspect pool manifests.", no_args_is_help=True)
+app = typer.Typer(help="Inspect pool manifests; serve them (up, down).", no_args_is_help=True)
+pools_up.register(app)
 
 
 @app.command("check")

@@ -64,7 +64,7 @@ def serve(
                         drain_timeout_s=cfg.graceful_timeout_s,
                         served_model_name=cfg.served_model_name, aliases=cfg.aliases,
                         host=cfg.host, allowed_hosts=cfg.allowed_hosts,
-                        log_requests=cfg.log_requests)
+                        log_requests=cfg.log_requests, concurrency=cfg.concurrency)
         sock = bind(cfg.host, cfg.port)  # a port in use: one line, exit 2
         bound = sock.getsockname()[1]
         names = ", ".join([cfg.served_model_name, *cfg.aliases])

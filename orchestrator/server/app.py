@@ -77,18 +77,22 @@ class Settings:
     host: str = "127.0.0.1"
     allowed_hosts: tuple[str, ...] = ()
     log_requests: bool = False
+    concurrency: int = 4  # batches running at once: a hung expert never holds up the others
 
 
 class Serving:
     """What the route handlers share (`app.state.serving`): the orchestrator, the batcher,
-    the model names and the metrics. The orchestrator is used by one thread at a time (`lock`)."""
+    the model names and the metrics. Up to `settings.concurrency` batches run at once: the
+    pipeline routes one batch at a time (its own lock) and the grouped executor runs each
+    placement under its own lock, so a batch waiting on a hung expert holds up only the
+    batches that need that expert's placement."""
 
     def __init__(self, orch, settings: Settings):
         self.orch, self.settings = orch, settings
         self.batcher: MicroBatcher | None = None
         self.draining = False
-        self.lock = threading.Lock()
-        self.batch_started: float | None = None  # monotonic start of the running batch
+        self.lock = threading.Lock()  # guards `running`
+        self.running: dict[int, float] = {}  # batch id -> monotonic start
         self.created = int(time.time())
         self.warm_state = "loading"  # -> "ok" | "failed"
         self.protocol = None  # the connection guard's class, set by make_server
@@ -105,7 +109,8 @@ class Serving:
     def start(self) -> None:
         s = self.settings
         self.batcher = MicroBatcher(self.process_batch, window_s=s.window_s, max_batch=s.max_batch,
-                                    max_queue=s.max_queue, name=s.served_model_name)
+                                    max_queue=s.max_queue, name=s.served_model_name,
+                                    concurrency=s.concurrency)
         self.draining = False
         threading.Thread(target=self.warm, name="orchestrator-warmup", daemon=True).start()
 
@@ -117,9 +122,8 @@ class Serving:
         query = Query(id="warmup", question=WARMUP_QUESTION,
                       answer_type=infer_answer_type(WARMUP_QUESTION, None, ()))
         try:
-            with self.lock:
-                for router in sorted(routers):
-                    self.orch.route_with([query], router, self.orch.k)
+            for router in sorted(routers):
+                self.orch.route_with([query], router, self.orch.k)
         except Exception:
             log.exception("warming the routers failed; /health reports 'warmup_failed'")
             self.warm_state = "failed"
@@ -144,7 +148,9 @@ class Serving:
             return "draining"
         if self.warm_state != "ok":
             return "warmup_failed" if self.warm_state == "failed" else "loading"
-        started, deadline = self.batch_started, self.settings.deadline_s
+        with self.lock:
+            started = min(self.running.values(), default=None)
+        deadline = self.settings.deadline_s
         if started is not None and deadline and time.monotonic() - started > 2 * deadline:
             return "stalled"  # a batch runs far past the request deadline (vllm #17972)
         return "ok"
@@ -159,12 +165,14 @@ class Serving:
         live = [i for i in range(len(items)) if not cancelled(i)]
         if not live:
             return out
+        key = id(items)
         with self.lock:
-            self.batch_started = time.monotonic()
-            try:
-                results = complete_calls(self.orch, [items[i] for i in live])
-            finally:
-                self.batch_started = None
+            self.running[key] = time.monotonic()
+        try:
+            results = complete_calls(self.orch, [items[i] for i in live])
+        finally:
+            with self.lock:
+                self.running.pop(key, None)
         for i, result in zip(live, results):
             out[i] = result
         return out
@@ -190,8 +198,7 @@ class Serving:
         raise RequestCancelledError()
 
     def route(self, queries: list[Query], router: str, k: int) -> list[Selection]:
-        with self.lock:
-            return self.orch.route_with(queries, router, k)
+        return self.orch.route_with(queries, router, k)
 
 
 async def _disconnected(request: Request) -> None:
@@ -298,7 +305,7 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
               max_body_bytes: int = 1_000_000, drain_timeout_s: float = 30.0,
               served_model_name: str = "orchestrator", aliases: Mapping[str, Alias] | None = None,
               host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
-              log_requests: bool = False) -> FastAPI:
+              log_requests: bool = False, concurrency: int = 4) -> FastAPI:
     """A FastAPI app serving `orch` (which the caller owns and closes). `api_key` (None: no
     auth, and then only requests addressed to loopback, `host` or `allowed_hosts` are
     answered) protects every route except /health and /version."""
@@ -313,7 +320,7 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
                           "or an alias; choose another --served-model-name.")
     settings = Settings(api_key or None, window_s, max_batch, max_queue, deadline_s,
                         max_body_bytes, drain_timeout_s, served_model_name, aliases, host,
-                        tuple(allowed_hosts), log_requests)
+                        tuple(allowed_hosts), log_requests, concurrency)
     serving = Serving(orch, settings)
 
     @contextlib.asynccontextmanager

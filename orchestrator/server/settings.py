@@ -62,6 +62,7 @@ class ServeConfig(BaseModel):
     api_key_env: str = "ORCHESTRATOR_API_KEY"
     window_ms: float = Field(default=20.0, ge=0)
     max_batch: int = Field(default=32, ge=1)
+    concurrency: int = Field(default=4, ge=1)  # batches at once (a hung expert blocks no other)
     max_queue: int = Field(default=256, ge=1)
     deadline_s: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
