@@ -278,3 +278,19 @@ def test_a_run_without_escalation_has_no_escalation_filter(replay_runs, opened):
     assert page.page.locator("#f-escalated").count() == 0
     assert page.page.locator("#sweep").count() == 0
     page.assert_offline()
+
+
+def test_a_long_table_draws_200_rows_then_more_on_demand(replay_runs, opened, tmp_path):
+    folder = tmp_path / "long"
+    shutil.copytree(replay_runs[0], folder)
+    rows = [dict(r, id=f"{r['id']}-{copy}") for copy in range(6) for r in records(replay_runs[0])]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = opened(write_html(folder))
+    assert page.ids() == [r["id"] for r in rows[:200]]
+    assert page.page.text_content("#qcount").startswith(f"{len(rows)} of {len(rows)} questions")
+    assert page.page.text_content("#more") == f"show {len(rows) - 200} more of {len(rows) - 200} not shown"
+    page.page.click("#more")
+    assert page.ids() == [r["id"] for r in rows] and page.page.is_hidden("#more")
+    page.page.select_option("#f-domain", "law")  # a new filter starts from the top again
+    assert page.ids() == [r["id"] for r in rows if r["domain"] == "law"]
+    page.assert_offline()

@@ -7,6 +7,8 @@ const ESCALATION = RECORDS.some((r) => "escalated" in r || "rounds" in r);
 const state = {domain: "", outcome: "", disagree: false, expert: "", relation: "chosen", escalated: false, text: ""};
 let visible = RECORDS.map((_, i) => i); // indices of the rows the filters keep, table order
 let cursor = -1; // highlighted row in the table (j/k), an index into `visible`
+let shown = 0; // rows of `visible` in the table; more are drawn on demand (2,090 rows at once
+const PAGE = 200; // are tens of thousands of nodes: seconds of layout on a slow machine)
 const rowNodes = [];
 const haystacks = [];
 
@@ -60,11 +62,23 @@ function keep(i) {
 function applyFilters() {
   visible = RECORDS.map((_, i) => i).filter(keep);
   cursor = -1;
-  document.getElementById("qbody").replaceChildren(...visible.map((i) => rowNodes[i]));
+  shown = 0;
+  document.getElementById("qbody").replaceChildren();
+  showMore();
   const right = visible.filter((i) => RECORDS[i].correct === true).length;
   const scored = visible.filter((i) => RECORDS[i].correct !== null && RECORDS[i].correct !== undefined).length;
   document.getElementById("qcount").textContent =
     `${visible.length} of ${RECORDS.length} questions` + (scored ? `; ${right} of ${scored} scored right (${pct(right / scored)})` : "");
+}
+
+// Draws the next PAGE rows of `visible` (at least up to row `upto`).
+function showMore(upto = 0) {
+  const end = Math.min(visible.length, Math.max(shown + PAGE, upto + 1));
+  document.getElementById("qbody").append(...visible.slice(shown, end).map(rowNode));
+  shown = end;
+  const more = document.getElementById("more");
+  more.hidden = shown >= visible.length;
+  more.textContent = `show ${Math.min(PAGE, visible.length - shown)} more of ${visible.length - shown} not shown`;
 }
 
 function summaryView() {
@@ -135,19 +149,25 @@ function filterBar() {
     ESCALATION ? el("label", {}, el("input", {id: "f-escalated", type: "checkbox", onchange: set("escalated", (e) => e.target.checked)}), " escalated") : null);
 }
 
-function tableView() {
-  RECORDS.forEach((r, i) => {
+function rowNode(i) {
+  if (!rowNodes[i]) {
+    const r = RECORDS[i];
     rowNodes[i] = el("tr", {"data-index": i, "data-id": r.id, onclick: () => { location.hash = `q=${i}`; }},
       el("td", {class: "num"}, i + 1), el("td", {class: "id"}, r.id), el("td", {}, r.domain || ""),
       el("td", {class: "qtext"}, shorten(r.question, 140)),
       el("td", {class: "experts"}, (r.outputs || []).map((o) => el("span", {class: "chip " + (o.right === true ? "ok" : o.right === false ? "bad" : ""), title: `${o.expert}: ${o.error ? "error: " + o.error : o.answer ?? "no answer"}`}, `${o.expert}: ${o.error ? "error" : o.answer ?? "-"}`))),
       el("td", {}, r.final_answer ?? "-"), el("td", {}, r.gold ?? "-"), el("td", {}, badge(r.correct)),
       el("td", {}, disagree(r) ? el("span", {class: "flag", title: "experts disagree"}, "split") : ""));
-  });
+  }
+  return rowNodes[i];
+}
+
+function tableView() {
   return section("Questions", "questions", filterBar(), el("p", {id: "qcount", class: "note"}),
     el("table", {id: "qtable", class: "qtable"},
       el("thead", {}, el("tr", {}, ["#", "id", "domain", "question", "experts: extracted answer", "final", "gold", "", ""].map((h) => el("th", {}, h)))),
       el("tbody", {id: "qbody"})),
+    el("button", {id: "more", type: "button", onclick: () => showMore()}),
     el("p", {class: "note"}, "Keys: j / k or arrow keys move, Enter opens, Esc returns, / searches."));
 }
 
@@ -214,9 +234,10 @@ function route() {
 
 function moveCursor(step) {
   if (!visible.length) return;
-  if (cursor >= 0) rowNodes[visible[cursor]].classList.remove("cursor");
+  if (cursor >= 0) rowNode(visible[cursor]).classList.remove("cursor");
   cursor = Math.max(0, Math.min(visible.length - 1, cursor + step));
-  const row = rowNodes[visible[cursor]];
+  if (cursor >= shown) showMore(cursor);
+  const row = rowNode(visible[cursor]);
   row.classList.add("cursor");
   row.scrollIntoView({block: "nearest"});
 }
