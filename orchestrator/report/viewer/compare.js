@@ -25,7 +25,7 @@ function pairsView() {
   return section("Paired differences", "pairs",
     el("p", {class: "note"}, `Accuracy difference on the ${DATA.n_common} common questions, in points, with a 95% interval by ${method} ` +
       "(questions resampled with replacement, both runs' marks kept together)."),
-    table(["pair", "difference [95% interval]", "interval excludes 0", "only the first right", "only the second right"], rows, [3, 4], {id: "pairs-table"}));
+    table(["pair", "difference [95% interval]", "interval excludes 0", "first right, second wrong", "second right, first wrong"], rows, [3, 4], {id: "pairs-table"}));
 }
 
 function detail(q) {

@@ -28,6 +28,15 @@ function intervalBar(row, width = 220) {
              svg("title", {}, `routed ${withInterval(row)}; best single ${pct(row.best_single)}; oracle ${pct(row.oracle)}`), kids);
 }
 
+// About n round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten).
+function ticks(lo, hi, n = 5) {
+  const raw = (hi - lo) / n || 1, power = 10 ** Math.floor(Math.log10(raw));
+  const step = power * ([1, 2, 5, 10].find((m) => m * power >= raw) || 10);
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Number(v.toFixed(10)));
+  return out;
+}
+
 // Points: sweep rows {k, accuracy, calls}; the upper-left frontier (no other point has at
 // least the accuracy for fewer calls) joined by a line; the run's own k circled.
 function frontier(sweep, width = 560, height = 300) {
@@ -41,11 +50,12 @@ function frontier(sweep, width = 560, height = 300) {
   const Y = (v) => height - pad.b - (height - pad.t - pad.b) * (v - y0) / ((y1 - y0) || 1);
   const kids = [svg("line", {x1: pad.l, x2: width - pad.r, y1: height - pad.b, y2: height - pad.b, class: "axis"}),
                 svg("line", {x1: pad.l, x2: pad.l, y1: pad.t, y2: height - pad.b, class: "axis"})];
-  for (let i = 0; i <= 4; i++) {
-    const v = y0 + (y1 - y0) * i / 4, xv = x0 + (x1 - x0) * i / 4;
-    kids.push(svg("text", {x: pad.l - 6, y: Y(v) + 4, class: "tl end"}, (100 * v).toFixed(1)),
-              svg("line", {x1: pad.l, x2: width - pad.r, y1: Y(v), y2: Y(v), class: "grid"}),
-              svg("text", {x: X(xv), y: height - pad.b + 16, class: "tl mid"}, Math.round(xv).toLocaleString()));
+  for (const v of ticks(100 * y0, 100 * y1, 6)) {
+    kids.push(svg("text", {x: pad.l - 6, y: Y(v / 100) + 4, class: "tl end"}, String(v)),
+              svg("line", {x1: pad.l, x2: width - pad.r, y1: Y(v / 100), y2: Y(v / 100), class: "grid"}));
+  }
+  for (const v of ticks(x0, x1)) {
+    kids.push(svg("text", {x: X(v), y: height - pad.b + 16, class: "tl mid"}, v.toLocaleString()));
   }
   kids.push(svg("text", {x: (pad.l + width - pad.r) / 2, y: height - 6, class: "tl mid"}, "expert calls (question x expert)"),
             svg("text", {x: 14, y: (pad.t + height - pad.b) / 2, class: "tl mid", transform: `rotate(-90 14 ${(pad.t + height - pad.b) / 2})`}, "accuracy (%)"));
