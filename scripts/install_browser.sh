@@ -20,4 +20,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends chromium >/dev/null
-"$BROWSER" --version
+"$BROWSER" --version 2>/dev/null || echo "install_browser: installed $BROWSER"

@@ -148,3 +148,12 @@ def test_view_opens_a_browser_only_when_a_display_exists(world_runs, tmp_path, m
     result = invoke("view", world_runs[0])
     assert result.exit_code == 0 and result.output.strip() == str(world_runs[0] / "report.html")
     assert opened == [(world_runs[0] / "report.html").resolve().as_uri()]
+
+
+def test_report_of_a_non_utf8_results_file_is_one_line(world_runs, tmp_path):
+    bad = tmp_path / "latin1"
+    shutil.copytree(world_runs[0], bad)
+    (bad / "results.jsonl").write_bytes((bad / "results.jsonl").read_bytes() + b'{"experts": ["\xe9"]}\n')
+    result = invoke("report", bad)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "not UTF-8 text" in result.output and "Traceback" not in result.output

@@ -10,9 +10,9 @@ from pathlib import Path
 from ..errors import ReportError
 from ..outputs import atomic_save_figure, atomic_write_text
 from . import plots
-from .html import write_html
+from .html import read_run, write_html
 from .markdown import render
-from .rundir import RunDir, read_run_dir
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Read DIR/results.jsonl and DIR/summary.json (and DIR/sweep.json if there), draw the
     plots into DIR/report/, write DIR/report.md and DIR/report.html; returns report.md's path.
     Raises UserError for a missing or invalid folder, ReportError if drawing fails."""
-    run = read_run_dir(run_dir)
+    run = read_run(run_dir)  # read_run_dir, a non-UTF-8 file as a one-line UserError
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
