@@ -89,7 +89,7 @@ def summary_rows(run: RunDir) -> list[list[str]]:
     if isinstance(cost, (int, float)):
         rows.append(["cost", f"{cost:,.4f}"])
     if s.get("aggregated_by"):
-        rows.append(["decided by", ", ".join(f"{k} {v}" for k, v in s["aggregated_by"].items())])
+        rows.append(["decided by", ", ".join(f"{k}: {v}" for k, v in s["aggregated_by"].items())])
     stages = [(key[:-2].replace("_", " "), value) for key, value in s.items()
               if key.endswith("_s") and isinstance(value, (int, float))]
     rows += [[f"{name} seconds", f"{value:.3f}"] for name, value in stages]
