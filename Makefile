@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast test-vllm bench bench-vllm lint clean
+.PHONY: install browser demo test test-fast test-vllm bench bench-vllm lint clean
 
 install: $(STAMP)
 
@@ -48,7 +48,12 @@ demo: $(STAMP)
 	$(VENV)/bin/orchestrate run samples/demo.jsonl --pool pools/cpu-demo.yaml \
 		--config configs/cpu-demo.yaml --profile $(DEMO_PROFILE) --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium for the viewer's browser tests: installed when root (CI, containers);
+# elsewhere the script says how and the browser tests skip with that message.
+browser:
+	@bash scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Unit tests only (fakes, no real model).
