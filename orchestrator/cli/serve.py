@@ -31,6 +31,9 @@ def serve(
 ) -> None:
     """Serve POOL at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
     from ..core import Orchestrator
+    from ..extras import require_installed
+
+    require_installed(("fastapi", "uvicorn"), "`orchestrate serve`")
     from ..server.app import build_app
     from ..server.server import is_loopback, make_server
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ReportError
+from ..extras import require_installed
 from ..outputs import atomic_save_figure, atomic_write_text
 from . import plots
 from .markdown import render
@@ -29,11 +30,7 @@ def write_report(run_dir: str | Path) -> Path:
     plots into DIR/report/ and write DIR/report.md; returns the path of report.md.
     Raises UserError for a missing or invalid folder, ReportError if drawing fails."""
     run = read_run_dir(run_dir)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ReportError(f"the run report needs matplotlib ({exc}); install it with "
-                          "`pip install 'matplotlib>=3.8'`.") from None
+    require_installed(("matplotlib",), "the run report")
     images = []
     for stem, alt, draw in FIGURES:
         path = run.path / IMAGE_DIR / f"{stem}.png"
