@@ -181,6 +181,18 @@ def test_missing_folders_and_model_of_one_expert_are_all_listed(tmp_path):
     assert text.returncode == 2 and len(problems(text)) == 4
 
 
+def test_an_invalid_manifest_is_the_usual_error_or_one_json_problem(tmp_path):
+    pool = tmp_path / "p.yaml"
+    pool.write_text("name: x\nexperts: []\nextra_key: 1\n")
+    result = pools_check(pool)
+    assert result.returncode == 2 and result.stderr.startswith("error: Invalid pool manifest")
+    assert "extra_key: unknown key" in result.stderr and "Traceback" not in result.stderr
+    result = pools_check(pool, "--json")
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["problems"][0]["kind"] == "invalid_manifest"
+
+
 def test_a_bad_manifest_is_one_line_exit_2(tmp_path):
     pool = write_pool(tmp_path / "p.yaml", [{"id": "a", "backend": "vlm"}])
     result = pools_check(pool)

@@ -24,9 +24,17 @@ def check(
     """Check every expert of POOL without loading it: options, models (local files, the Hugging
     Face cache), adapter and LoRA-MoE folders, the backend's packages, openai_http servers
     (GET /v1/models). Exit 0 and a table when all is well; exit 2 and one line per problem."""
+    from ..errors import OrchestratorError
     from ..poolcheck import check_pool
 
-    report = check_pool(pool)
+    try:
+        report = check_pool(pool)
+    except OrchestratorError as exc:  # the manifest itself: no expert to check
+        if not as_json:
+            raise
+        typer.echo(json.dumps({"pool": str(pool), "ok": False, "experts": [], "problems": [
+            {"expert": None, "kind": "invalid_manifest", "message": str(exc)}]}, indent=2))
+        raise typer.Exit(exc.exit_code) from None
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
