@@ -30,7 +30,6 @@ def profile(
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
-    from ..profiling import build_profile
     from ..skills import DEFAULT_VOCABULARY
     from ..skills.vocabulary import load_vocabulary
 
@@ -56,7 +55,7 @@ def profile(
             from ..routing.base import check_experts
 
             check_experts(candidates, orch.pool)  # before any generation
-        prof = build_profile(orch, queries, orch.annotator, orch.embedder, vocabulary=vocab,
+        prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
                              prior_strength=prior_strength, aggregators=candidates,
                              aggregation_limit=aggregation_limit)
     prof.meta.update({"data": str(data), "split": split, "limit": limit})
