@@ -65,19 +65,21 @@ class OpenAIHTTPBackend(BaseBackend):
     def check(self, expert: ExpertSpec, probe: bool = False) -> str:
         opts = self.options(expert)
         key = self._api_key(expert, opts)
-        if probe:
-            self._probe(expert, opts, key)
+        if probe:  # every replica when base_url lists several
+            for url in [opts.base_url] if isinstance(opts.base_url, str) else opts.base_url:
+                self._probe(expert, opts, key, url)
         return f"{opts.base_url} model={served_name(expert, opts)}"
 
-    def _probe(self, expert: ExpertSpec, opts: OpenAIHTTPOptions, key: str | None) -> None:
+    def _probe(self, expert: ExpertSpec, opts: OpenAIHTTPOptions, key: str | None,
+               base_url: str) -> None:
         """GET {base_url}/models within PROBE_TIMEOUT_S: the server answers and lists the model
         this expert sends."""
         import httpx
 
-        url = opts.base_url.rstrip("/") + "/models"
+        url = base_url.rstrip("/") + "/models"
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         timeout = min(PROBE_TIMEOUT_S, opts.connect_timeout_s, opts.timeout_s)
-        where = f"Expert '{expert.id}': the server at {opts.base_url}"
+        where = f"Expert '{expert.id}': the server at {base_url}"
         try:
             resp = httpx.get(url, headers=headers, timeout=timeout)
         except httpx.HTTPError as exc:

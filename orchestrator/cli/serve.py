@@ -33,7 +33,7 @@ def serve(
     from ..core import Orchestrator
     from ..extras import require_installed
 
-    require_installed(("fastapi", "uvicorn"), "`orchestrate serve`")
+    require_installed(("fastapi", "uvicorn", "prometheus_client"), "`orchestrate serve`")
     from ..server.app import build_app
     from ..server.server import is_loopback, make_server
 
