@@ -32,13 +32,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelNotServedError, ServerUnreachableError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, apply_stop, failed
 from .ioloop import IOLoop
 from .replicas import Replica, ReplicaTable
 from .server_sleep import SleepSwitch
 
+PROBE_TIMEOUT_S = 3.0  # `orchestrate pools check`: a live server lists its models well within this
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -107,9 +108,12 @@ class OpenAIHTTPBackend(BaseBackend):
         self._clients: dict[str, Any] = {}  # expert id -> httpx.AsyncClient on self._io
         self._sleep = SleepSwitch()
 
-    def check(self, expert: ExpertSpec) -> str:
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str:
         opts = self.options(expert)
-        self._api_key(expert, opts)
+        key = self._api_key(expert, opts)
+        if probe:  # every replica when base_url lists several
+            for url in opts.urls:
+                self._probe(expert, opts, key, url)
         return f"{' | '.join(opts.urls)} model={served_name(expert, opts)}"
 
     def default_placement(self, expert: ExpertSpec) -> str | None:
@@ -127,6 +131,39 @@ class OpenAIHTTPBackend(BaseBackend):
     def _count_failover(self, expert_id: str) -> None:
         with self._counter_lock:
             self._failovers[expert_id] = self._failovers.get(expert_id, 0) + 1
+
+    def _probe(self, expert: ExpertSpec, opts: OpenAIHTTPOptions, key: str | None,
+               base_url: str) -> None:
+        """GET {base_url}/models within PROBE_TIMEOUT_S: the server answers and lists the model
+        this expert sends."""
+        import httpx
+
+        url = base_url.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = min(PROBE_TIMEOUT_S, opts.connect_timeout_s, opts.timeout_s)
+        where = f"Expert '{expert.id}': the server at {base_url}"
+        try:
+            resp = httpx.get(url, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ServerUnreachableError(
+                f"{where} does not answer GET {url} within {timeout:g}s ({type(exc).__name__}: "
+                f"{exc or 'no detail'}). Start the server, or fix options.base_url.") from None
+        if resp.status_code != 200:
+            hint = (" Set options.api_key_env to the variable holding its key." if
+                    resp.status_code in (401, 403) else "")
+            raise ServerUnreachableError(f"{where} answers GET {url} with HTTP "
+                                         f"{resp.status_code}: {resp.text[:200]!r}.{hint}")
+        try:
+            served = [str(m["id"]) for m in resp.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise ServerUnreachableError(f"{where} answers GET {url} without an OpenAI model "
+                                         f"list: {resp.text[:200]!r}.") from None
+        name = served_name(expert, opts)
+        if name not in served:
+            listing = ", ".join(served[:12]) + (" ..." if len(served) > 12 else "")
+            raise ModelNotServedError(
+                f"{where} does not serve the model '{name}'; it serves: {listing or '(none)'}. "
+                "Set options.remote_model (or the expert's adapter/model) to a served name.")
 
     def _api_key(self, expert: ExpertSpec, opts: OpenAIHTTPOptions) -> str | None:
         if not opts.api_key_env:

@@ -37,6 +37,9 @@ def serve(
     """Serve a pool at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
     from ..core import Orchestrator
     from ..errors import ConfigError
+    from ..extras import require_installed
+
+    require_installed(("fastapi", "uvicorn", "prometheus_client"), "`orchestrate serve`")
     from ..server.app import build_app
     from ..server.server import bind, is_loopback, make_server
     from ..server.settings import load_serve_config

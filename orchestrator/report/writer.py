@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ReportError
+from ..extras import require_installed
 from ..outputs import atomic_save_figure, atomic_write_text
 from . import plots
 from .html import read_run, write_html
@@ -31,11 +32,7 @@ def write_report(run_dir: str | Path) -> Path:
     plots into DIR/report/, write DIR/report.md and DIR/report.html; returns report.md's path.
     Raises UserError for a missing or invalid folder, ReportError if drawing fails."""
     run = read_run(run_dir)  # read_run_dir, a non-UTF-8 file as a one-line UserError
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ReportError(f"the run report needs matplotlib ({exc}); install it with "
-                          "`pip install 'matplotlib>=3.8'`.") from None
+    require_installed(("matplotlib",), "the run report")
     images = []
     for stem, alt, draw in FIGURES:
         path = run.path / IMAGE_DIR / f"{stem}.png"
