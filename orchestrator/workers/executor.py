@@ -4,13 +4,16 @@
 and generates all its prompts in batches of `batch_size`; experts already resident go first and
 experts sharing a base model sit next to each other, so loads are minimal. `naive`: the
 per-instance baseline, which loads the expert for every single request.
+
+`on_batch`, when set, is called with the results of each finished batch (failed ones included)
+before the next batch starts: the generation store commits them there.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import OrchestratorError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
@@ -45,8 +48,14 @@ def _prompt_chars(request: GenerationRequest) -> int:
 class ExecutorBase:
     name = "base"
 
-    def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False):
+    def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False,
+                 on_batch: Callable[[list[GenerationResult]], None] | None = None):
         self.residency, self.batch_size, self.progress = residency, batch_size, progress
+        self.on_batch = on_batch
+
+    def _finished(self, results: list[GenerationResult]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(results)
 
     @property
     def specs(self) -> dict[str, ExpertSpec]:
@@ -124,12 +133,15 @@ class GroupedExecutor(ExecutorBase):
                     stats.expert(expert_id).errors += len(idx)
                     for i in idx:
                         results[i] = GenerationResult(requests[i], error=error)
+                    self._finished([results[i] for i in idx])
                     bar.advance(expert_id, len(idx))
                     continue
                 for lo in range(0, len(idx), self.batch_size):
                     chunk = idx[lo : lo + self.batch_size]
-                    for i, res in zip(chunk, self._generate(expert_id, [requests[i] for i in chunk], stats)):
+                    done = self._generate(expert_id, [requests[i] for i in chunk], stats)
+                    for i, res in zip(chunk, done):
                         results[i] = res
+                    self._finished(done)
                     bar.advance(expert_id, len(chunk))
         stats.wall_s = time.perf_counter() - start
         return results, stats
@@ -153,10 +165,12 @@ class NaiveExecutor(ExecutorBase):
                 error = self._load(r.expert, stats)
                 if error is not None:
                     stats.expert(r.expert).errors += 1
-                    results.append(GenerationResult(r, error=error))
+                    done = [GenerationResult(r, error=error)]
                 else:
-                    results.extend(self._generate(r.expert, [r], stats))
+                    done = self._generate(r.expert, [r], stats)
                     self.residency.release(r.expert, stats)
+                results.extend(done)
+                self._finished(done)
                 bar.advance(r.expert, 1)
         stats.wall_s = time.perf_counter() - start
         return results, stats

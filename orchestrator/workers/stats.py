@@ -31,6 +31,7 @@ class ExpertStats:
 class ExecutionStats:
     experts: dict[str, ExpertStats] = field(default_factory=dict)
     wall_s: float = 0.0
+    from_store: int = 0  # results answered by the generation store, not generated
 
     def expert(self, expert_id: str) -> ExpertStats:
         return self.experts.setdefault(expert_id, ExpertStats())
@@ -49,3 +50,4 @@ class ExecutionStats:
             for key, value in asdict(s).items():
                 setattr(mine, key, getattr(mine, key) + value)
         self.wall_s += other.wall_s
+        self.from_store += other.from_store
