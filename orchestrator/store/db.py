@@ -214,7 +214,9 @@ class GenerationStore:
                 f"WHERE key IN ({','.join('?' * len(chunk))}) AND (reusable OR ?)",
                 (*chunk, int(reuse_unseeded)))
             for r in rows:
-                found[r[0]] = StoredGeneration(r[0], r[1], r[2], _py_text(r[3]), *r[4:])
+                found[r[0]] = StoredGeneration(
+                    r[0], r[1], _py_text(r[2]), _py_text(r[3]),
+                    None if r[4] is None else _py_text(r[4]), *r[5:])
         return found
 
     def count_present(self, keys: Iterable[bytes], *, reuse_unseeded: bool = False) -> int:
@@ -245,8 +247,8 @@ class GenerationStore:
                     "INSERT OR REPLACE INTO generations (key, expert_key, expert_id, query_id, "
                     "reusable, text, answer, finish_reason, tokens_in, tokens_out, seconds, "
                     "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r[0], r[1], r[2], _sql_text(r[3]), r[4], _sql_text(r[5]), *r[6:], now)
-                     for r in rows])
+                    [(r[0], r[1], r[2], _sql_text(r[3]), r[4], _sql_text(r[5]),
+                      None if r[6] is None else _sql_text(r[6]), *r[7:], now) for r in rows])
             if errors:
                 conn.executemany(
                     "INSERT INTO errors (key, expert_id, query_id, error, created) "

@@ -6,8 +6,9 @@ The expert identity (`expert_identity`) is the backend, what the model resolves 
 snapshot's revision, else a content hash of the file or folder), the adapter and lora_moe folder
 content hashes, dtype, system prompt and the backend options that can change a text (connection
 settings such as timeouts and retries are left out; secrets are never options, see
-openai_http's `api_key_env`). The expert's *id* is not part of it: two pools that name the same
-model differently share its generations.
+openai_http's `api_key_env`). For the model backends (`SHARED_BY_CONTENT`) the expert's *id* is
+not part of it: two pools that name the same model differently share its generations; any other
+backend (fake, a user's own) adds the id, since its texts may depend on it.
 
 Sampling: greedy decoding ignores seed and top_p, so a greedy key holds max_tokens (and stop)
 only; a sampled key holds temperature, top_p, max_tokens, stop and seed. A sampled request whose
@@ -39,6 +40,8 @@ OPERATIONAL_OPTIONS = frozenset({
     "api_key_env", "concurrency", "timeout_s", "connect_timeout_s", "max_retries", "backoff_s",
     "backoff_max_s", "gpu_memory_utilization", "load_s", "token_s", "batch_s", "fail_load",
 })
+# Backends whose texts depend only on what the identity holds, never on the expert's id.
+SHARED_BY_CONTENT = frozenset({"transformers", "vllm", "openai_http", "replay"})
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(?:/|$)")
 _CHUNK = 1 << 20
 
@@ -147,6 +150,7 @@ def expert_identity(
         options["recordings"] = [content_digest(f, base_dir, memo) for f in files]
     return {
         "backend": spec.backend,
+        "id": None if spec.backend in SHARED_BY_CONTENT else spec.id,
         "model": _model_digest(spec, base_dir, memo),
         "adapter": content_digest(spec.adapter, base_dir, memo),
         "lora_moe": content_digest(spec.lora_moe, base_dir, memo),
