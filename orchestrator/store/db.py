@@ -120,6 +120,8 @@ class GenerationStore:
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=busy_s, isolation_level=None,
                                    check_same_thread=False)
+            if self.readonly:
+                conn = _readable(conn, uri, busy_s)
         except sqlite3.Error as err:
             raise translate(err, path, "opening it") from None
         try:
@@ -350,6 +352,20 @@ class GenerationStore:
         return {"id": r[0], "created": r[1], "model": r[2], "status": r[3], "duration_s": r[4],
                 "request": json.loads(r[5]), "routing": json.loads(r[6]) if r[6] else None,
                 "response": json.loads(r[7]) if r[7] else None, "error": r[8]}
+
+
+def _readable(conn: sqlite3.Connection, uri: str, busy_s: float) -> sqlite3.Connection:
+    """A read-only connection that can read: a WAL store on read-only media whose -shm file
+    is gone (a clean close removes it) opens only as immutable."""
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as err:
+        if "unable to open" not in str(err):
+            raise
+    conn.close()
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=busy_s,
+                           isolation_level=None, check_same_thread=False)
 
 
 def _last_user(body: str) -> str:

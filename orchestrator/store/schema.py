@@ -11,6 +11,7 @@ in place, inside one transaction, when it is opened.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -101,12 +102,12 @@ def translate(err: sqlite3.Error | OSError, path: Path, doing: str) -> StoreErro
     detail = str(err).strip() or type(err).__name__
     where = f"The generation store {path}"
     other = "choose another store with --store PATH, or run with --no-store"
-    if name.startswith("SQLITE_FULL") or "disk is full" in detail or isinstance(err, OSError) \
-            and getattr(err, "errno", None) == 28:
+    code = err.errno if isinstance(err, OSError) else None
+    if name.startswith("SQLITE_FULL") or "disk is full" in detail or code == errno.ENOSPC:
         return StoreError(f"{where} is full while {doing} ({detail}). Free disk space, remove "
                           f"old generations (orchestrate store prune), or {other}.")
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")) \
-            or isinstance(err, PermissionError) or "readonly" in detail:
+            or code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in detail:
         return StoreError(f"{where} cannot be written while {doing} ({detail}): the file or its "
                           f"folder is read-only. Make both writable, or {other}.")
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in detail \
