@@ -71,9 +71,10 @@ def stats(store: StoreOption = None,
     if as_json:
         out.print(json.dumps(record, indent=2), markup=False)
         return
-    table = Table(title=f"{record['path']}: {record['generations']:,} generations, "
-                        f"{record['errors']:,} errors, {record['requests']:,} logged requests, "
-                        f"{record['size_bytes'] / 1e6:.2f} MB", title_justify="left")
+    out.print(f"{record['path']}: {record['generations']:,} generations, {record['errors']:,} "
+              f"errors, {record['requests']:,} logged requests, "
+              f"{record['size_bytes'] / 1e6:.2f} MB", markup=False, soft_wrap=True)
+    table = Table()
     for col in ("expert", "generations", "unseeded", "errors", "tokens out", "oldest", "newest"):
         table.add_column(col, justify="left" if col == "expert" else "right")
     for expert, s in sorted(record["experts"].items()):
