@@ -230,8 +230,8 @@ class Interrupting(FlakyBackend):
         return super().generate(requests)
 
 
-@pytest.mark.parametrize("write_behind", [False, True])
-def test_each_finished_batch_is_committed_before_the_next_starts(tmp_path, write_behind):
+@pytest.mark.parametrize("group_s", [0.0, 60.0])
+def test_each_finished_batch_is_committed_before_the_next_starts(tmp_path, group_s):
     from orchestrator.config import RunConfig, load_pool
 
     from .conftest import write_pool
@@ -242,9 +242,14 @@ def test_each_finished_batch_is_committed_before_the_next_starts(tmp_path, write
                         backends={"flaky": backend})
     requests = [req(f"p{i}", "x0", qid=f"q{i}") for i in range(7)]
     with GenerationStore(tmp_path / "s.sqlite") as store:
-        ex = StoredExecutor(orch.executor, store, write_behind=write_behind)
+        ex = StoredExecutor(orch.executor, store, group_s=group_s)
+        commits = []
+        put = store.put
+        store.put = lambda rows, *a: (commits.append(len(rows)), put(rows, *a))
         with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the third batch
             ex.execute(requests)
+        # one commit per batch; grouped commits still land when the run is interrupted
+        assert commits == ([2, 2] if group_s == 0 else [4])
         assert ex.count_present(requests) == (4, 7)
         backend.stop_after = 10**9
         backend.calls.clear()

@@ -18,7 +18,6 @@ from ..types import GenerationRequest, GenerationResult
 from ..workers.stats import ExecutionStats
 from .db import GenerationStore, Row, StoredGeneration
 from .keys import KeyMaker, reusable
-from .writer import WriteBehind
 
 Extract = Callable[[GenerationResult], "str | None"]
 
@@ -45,15 +44,14 @@ def stored_result(request: GenerationRequest, stored: StoredGeneration) -> Gener
 class StoredExecutor:
     """Wraps an executor; other attributes (`residency`, `batch_size`, `plan`...) are the
     wrapped executor's. `extract(result) -> answer | None`, when given, fills the stored
-    `answer` column. `write_behind`: commit each finished batch in a background thread while
-    the next one generates (at most one finished batch uncommitted) instead of before it
-    starts. `hits`/`misses` count as CachingExecutor's do."""
+    `answer` column. `group_s` > 0 groups the commits of batches that finish faster than that
+    (a replay or fake pool: hundreds of batches a second); 0 commits every batch. `hits` and
+    `misses` count as CachingExecutor's do."""
 
     def __init__(self, inner, store: GenerationStore, *, reuse_unseeded: bool = False,
-                 extract: Extract | None = None, write_behind: bool = False):
+                 extract: Extract | None = None, group_s: float = 0.0):
         self.inner, self.store = inner, store
-        self.reuse_unseeded, self.extract = reuse_unseeded, extract
-        self.write_behind = write_behind
+        self.reuse_unseeded, self.extract, self.group_s = reuse_unseeded, extract, group_s
         self.keys = key_maker(inner.residency, store)
         self.hits = 0
         self.misses = 0
@@ -71,13 +69,14 @@ class StoredExecutor:
                 if self.reuse_unseeded or reusable(r.sampling)]
         return self.store.count_present(keys, reuse_unseeded=self.reuse_unseeded), len(requests)
 
-    def _commit(self, batch: list[GenerationResult], seconds: float,
+    def _commit(self, batch: list[tuple[GenerationResult, float]],
                 keys: dict[int, tuple[GenerationRequest, bytes]]) -> None:
-        """Store one finished batch: texts as generations, failures as errors. `keys` maps
-        id(request) -> (request, key) for the requests this call generates."""
+        """Store finished results (each with the seconds of its batch / the batch size): texts
+        as generations, failures as errors. `keys` maps id(request) -> (request, key) for the
+        requests this call generates."""
         rows, errors, experts = [], [], {}
         extract = self.extract
-        for res in batch:
+        for res, seconds in batch:
             request = res.request
             known = keys.get(id(request))
             key = known[1] if known is not None and known[0] is request else self.keys.key(request)
@@ -128,19 +127,27 @@ class StoredExecutor:
 
     def _run(self, misses, keys: dict[int, tuple[GenerationRequest, bytes]]):
         """Run the misses with the on_batch hook set on the wrapped executor (restored
-        afterwards): each finished batch is committed before the next one starts, or, with
-        `write_behind`, while it runs. An executor without the hook is written at its end."""
+        afterwards). Each finished batch is committed before the next one starts; with
+        `group_s`, batches that finish within `group_s` of the last commit wait for the next
+        one (at most `group_s` of finished work is uncommitted). An executor without the hook
+        is written when it returns. Whatever finished is committed even on Ctrl-C."""
         inner = self.inner
-        writer = WriteBehind(lambda item: self._commit(*item, keys)) if self.write_behind else None
-        last = [time.perf_counter()]
+        waiting: list[tuple[GenerationResult, float]] = []
+        clock = {"batch": time.perf_counter(), "commit": time.perf_counter()}
+
+        def commit() -> None:
+            if waiting:
+                batch = waiting[:]
+                waiting.clear()
+                self._commit(batch, keys)
+            clock["commit"] = time.perf_counter()
 
         def finished(batch: list[GenerationResult]) -> None:
             now = time.perf_counter()
-            seconds, last[0] = (now - last[0]) / max(1, len(batch)), now
-            if writer is None:
-                self._commit(batch, seconds, keys)
-            else:
-                writer.submit((batch, seconds))
+            seconds, clock["batch"] = (now - clock["batch"]) / max(1, len(batch)), now
+            waiting.extend((res, seconds) for res in batch)
+            if now - clock["commit"] >= self.group_s:
+                commit()
 
         previous = getattr(inner, "on_batch", None)
         try:
@@ -153,8 +160,7 @@ class StoredExecutor:
         finally:
             if hasattr(inner, "on_batch"):
                 inner.on_batch = previous
-            if writer is not None:
-                writer.close()  # what finished is committed, even on Ctrl-C
+            commit()
 
 
 def _chain(first, second):
