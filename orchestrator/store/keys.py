@@ -92,14 +92,19 @@ def folder_digest(path: Path, memo: FileHashes) -> str:
     return digest.hexdigest()
 
 
-def content_digest(reference: str | None, base_dir: Path | None, memo: FileHashes) -> str | None:
+def content_digest(reference: str | None, base_dir: Path | None, memo: FileHashes,
+                   base_first: bool = False) -> str | None:
     """A file's or folder's content hash; the reference itself when it names nothing local
-    (a hub id, a remote model), so a missing file never blocks a run here: its load fails."""
+    (a hub id, a remote model), so a missing file never blocks a run here: its load fails.
+    Relative paths are looked up as the backends do: the working directory, then the pool's
+    folder (`base_first`: the pool's folder first, as for adapters and gates)."""
     if not reference:
         return None
     path = Path(reference).expanduser()
-    if not path.is_absolute() and not path.exists() and base_dir is not None:
-        path = base_dir / path
+    candidates = [path]
+    if not path.is_absolute() and base_dir is not None:
+        candidates.insert(0 if base_first else 1, base_dir / path)
+    path = next((c for c in candidates if c.exists()), path)
     snapshot = _SNAPSHOT.search(str(path.resolve()) if path.exists() else str(path))
     if snapshot:  # a Hugging Face cache snapshot: the commit names the content
         return f"revision:{snapshot.group(1)}"
@@ -121,9 +126,20 @@ def _model_digest(spec: ExpertSpec, base_dir: Path | None, memo: FileHashes) -> 
     except ModelNotFoundError:
         return f"ref:{spec.model}"
     if ref.kind == "hub":
-        revision = spec.options.get("revision")
+        revision = spec.options.get("revision") or _hub_revision(ref.path)
         return f"hub:{ref.path}@{revision}" if revision else f"hub:{ref.path}"
     return content_digest(ref.path, None, memo)
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit the local Hugging Face cache resolves `main` to (refs/main), if cached."""
+    root = os.environ.get("HF_HUB_CACHE") or Path(
+        os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    ref = Path(root) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def _plain(value: Any) -> Any:
@@ -152,8 +168,8 @@ def expert_identity(
         "backend": spec.backend,
         "id": None if spec.backend in SHARED_BY_CONTENT else spec.id,
         "model": _model_digest(spec, base_dir, memo),
-        "adapter": content_digest(spec.adapter, base_dir, memo),
-        "lora_moe": content_digest(spec.lora_moe, base_dir, memo),
+        "adapter": content_digest(spec.adapter, base_dir, memo, base_first=True),
+        "lora_moe": content_digest(spec.lora_moe, base_dir, memo, base_first=True),
         "dtype": spec.dtype,
         "system_prompt": spec.system_prompt,
         "options": _plain(options),
