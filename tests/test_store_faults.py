@@ -201,3 +201,23 @@ def test_a_newer_schema_says_how_to_proceed(tmp_path):
         GenerationStore(path)
     text = one_line(err.value, path)
     assert "version 99" in text and "Upgrade" in text
+
+
+def test_a_store_filling_up_during_a_run_stops_it_with_the_one_line_error(tmp_path, fake_pool):
+    from orchestrator.core import Orchestrator
+    from orchestrator.store import StoredExecutor
+
+    path = tmp_path / "s.sqlite"
+    pool = fake_pool(2, resident_limit=2, options={"e0": {"default": "x " * 2000},
+                                                   "e1": {"default": "y " * 2000}})
+    questions = [f"Question {i}?" for i in range(40)]
+    with GenerationStore(path) as store, Orchestrator.from_files(
+            pool, router="fixed", k=2, batch_size=4) as orch:
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages + 12}")
+        orch.executor = StoredExecutor(orch.executor, store)
+        with pytest.raises(StoreError) as err:
+            orch.evaluate(questions)
+        assert "is full" in one_line(err.value, path)
+        fake = orch.backends.get("fake")
+        assert 0 < store.stats()["generations"] < len(fake.history) <= 80  # stopped early

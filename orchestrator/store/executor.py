@@ -10,6 +10,7 @@ A key repeated within one call is generated once, unless it is an unseeded sampl
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -130,10 +131,12 @@ class StoredExecutor:
         afterwards). Each finished batch is committed before the next one starts; with
         `group_s`, batches that finish within `group_s` of the last commit wait for the next
         one (at most `group_s` of finished work is uncommitted). An executor without the hook
-        is written when it returns. Whatever finished is committed even on Ctrl-C."""
+        is written when it returns. Whatever finished is committed even on Ctrl-C. The hook
+        may be called from several threads (placements running concurrently)."""
         inner = self.inner
         waiting: list[tuple[GenerationResult, float]] = []
         clock = {"batch": time.perf_counter(), "commit": time.perf_counter()}
+        lock = threading.Lock()
 
         def commit() -> None:
             if waiting:
@@ -143,11 +146,12 @@ class StoredExecutor:
             clock["commit"] = time.perf_counter()
 
         def finished(batch: list[GenerationResult]) -> None:
-            now = time.perf_counter()
-            seconds, clock["batch"] = (now - clock["batch"]) / max(1, len(batch)), now
-            waiting.extend((res, seconds) for res in batch)
-            if now - clock["commit"] >= self.group_s:
-                commit()
+            with lock:
+                now = time.perf_counter()
+                seconds, clock["batch"] = (now - clock["batch"]) / max(1, len(batch)), now
+                waiting.extend((res, seconds) for res in batch)
+                if now - clock["commit"] >= self.group_s:
+                    commit()
 
         previous = getattr(inner, "on_batch", None)
         try:
@@ -160,7 +164,8 @@ class StoredExecutor:
         finally:
             if hasattr(inner, "on_batch"):
                 inner.on_batch = previous
-            commit()
+            with lock:
+                commit()
 
 
 def _chain(first, second):
