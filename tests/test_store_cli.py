@@ -86,8 +86,8 @@ def test_export_then_replay_gives_the_same_per_expert_answers(tmp_path, fake_poo
     assert proc.returncode == 0, proc.stderr
     first = json.loads((tmp_path / "part.jsonl").read_text().splitlines()[0])
     assert set(first["models"]) == {"e0", "e2"}
-    proc = orchestrate("store", "prune", "--older-than", "0s", store=store)
-    assert "removed 26 generations" in proc.stdout
+    proc = orchestrate("store", "prune", "--older-than", "0s", "--vacuum", store=store)
+    assert "removed 26 generations" in proc.stdout and "MB ->" in proc.stdout
 
 
 def test_a_real_replay_pool_exports_to_an_identical_replay_pool(tmp_path):

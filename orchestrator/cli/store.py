@@ -118,7 +118,7 @@ def export(
     err.print(f"exported {len(result.lines)} of {result.questions} questions x "
               f"{len(result.experts)} experts ({result.stored:,} stored generations, "
               f"{result.skipped} questions skipped) to {out_path}"
-              + (f"; replay pool: {pool_out}" if pool_out else ""), markup=False)
+              + (f"; replay pool: {pool_out}" if pool_out else ""), markup=False, soft_wrap=True)
 
 
 @app.command("prune")
@@ -128,14 +128,21 @@ def prune(
         "--older-than", help="Remove generations older than this (90m, 12h, 30d, 2w).")] = None,
     expert: Annotated[Optional[str], typer.Option(
         help="Remove the generations of these expert ids (comma-separated).")] = None,
+    vacuum: Annotated[bool, typer.Option(
+        "--vacuum", help="Then shrink the file (rewrites it; other processes must wait).")] = False,
     store: StoreOption = None,
 ) -> None:
     """Remove generations (and their logged errors) by age and/or expert."""
     age = parse_age(older_than) if older_than is not None else None
     with _open(store) as db:
         counts = db.prune(older_than_s=age, experts=split_ids(expert))
+        before = db.size_bytes()
+        if vacuum:
+            db.vacuum()
+        size = (f"; {before / 1e6:.2f} MB -> {db.size_bytes() / 1e6:.2f} MB" if vacuum else
+                " (their space is reused; --vacuum shrinks the file)")
     out.print(f"removed {counts['generations']:,} generations and {counts['errors']:,} errors "
-              f"from {db.path}", markup=False)
+              f"from {db.path}{size}", markup=False, soft_wrap=True)
 
 
 @logs_app.callback()
@@ -155,7 +162,7 @@ def _list(store: Path | None, limit: int) -> None:
         rows = db.list_requests(limit)
     if not rows:
         out.print(f"no logged requests in {db.path} (start the server with request logging on)",
-                  markup=False)
+                  markup=False, soft_wrap=True)
         return
     table = Table(title=f"{db.path}: latest {len(rows)} requests", title_justify="left")
     for col in ("id", "when", "model", "status", "seconds", "question"):

@@ -319,6 +319,15 @@ class GenerationStore:
                 pass
         return counts
 
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (rewrites the file)."""
+        with self._lock:
+            try:
+                self._conn.execute("VACUUM")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                raise translate(err, self.path, "vacuuming") from None
+
     # -- server request logs -----------------------------------------------------------------
 
     def log_request(self, request: Mapping[str, Any], response: Mapping[str, Any] | None = None,
