@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.backends.base import BaseBackend
 from orchestrator.core import Orchestrator
+from orchestrator.errors import StoreError
 from orchestrator.store import GenerationStore, StoredExecutor, expert_identity, identity_digest
 from orchestrator.store.keys import MemoryFileHashes, request_key, sampling_bytes
 from orchestrator.types import ExpertSpec, GenerationRequest, GenerationResult, Message, Sampling
@@ -313,6 +314,7 @@ def test_replay_pool_answers_are_identical_through_the_store(tmp_path):
 KILLED_RUN = r"""
 import sys
 from orchestrator.core import Orchestrator
+from orchestrator.errors import StoreError
 from orchestrator.store import GenerationStore, StoredExecutor
 pool, store_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 questions = [{"id": f"q{i}", "question": f"Question number {i}?", "options": ["a", "b"]}
@@ -383,3 +385,21 @@ def test_real_smollm2_answers_come_back_identical_from_the_store(tmp_path):
     assert all(t[0] for t in texts)
     assert first.stats.experts["smol"].calls == 3 and second.stats.from_store == 3
     assert second.stats.experts == {}  # not even loaded
+
+
+def test_prune_by_age_and_expert_keeps_the_rest(tmp_path):
+    from orchestrator.store import Row
+
+    with GenerationStore(tmp_path / "s.sqlite") as store:
+        store.put([Row(bytes([i]) * 32, b"e" * 32, f"e{i % 2}", f"q{i}", True, "t")
+                   for i in range(6)], [(b"x" * 32, "e0", "q9", "boom")])
+        store.log_request({"messages": []})
+        store._conn.execute("UPDATE generations SET created = created - 7200 WHERE query_id "
+                            "IN ('q0', 'q1')")
+        store._conn.execute("UPDATE requests SET created = created - 7200")
+        assert store.prune(experts=["e1"]) == {"generations": 3, "errors": 0, "requests": 0}
+        assert store.prune(older_than_s=3600) == {"generations": 1, "errors": 0, "requests": 1}
+        assert sorted(g.query_id for g in store.lookup([bytes([i]) * 32 for i in range(6)])
+                      .values()) == ["q2", "q4"]
+        with pytest.raises(StoreError, match="Say what to prune"):
+            store.prune()

@@ -132,7 +132,8 @@ def prune(
         "--vacuum", help="Then shrink the file (rewrites it; other processes must wait).")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Remove generations (and their logged errors) by age and/or expert."""
+    """Remove generations (and their logged errors) by age and/or expert; by age alone, also
+    the server's request logs."""
     age = parse_age(older_than) if older_than is not None else None
     with _open(store) as db:
         counts = db.prune(older_than_s=age, experts=split_ids(expert))
@@ -141,8 +142,9 @@ def prune(
             db.vacuum()
         size = (f"; {before / 1e6:.2f} MB -> {db.size_bytes() / 1e6:.2f} MB" if vacuum else
                 " (their space is reused; --vacuum shrinks the file)")
-    out.print(f"removed {counts['generations']:,} generations and {counts['errors']:,} errors "
-              f"from {db.path}{size}", markup=False, soft_wrap=True)
+    out.print(f"removed {counts['generations']:,} generations, {counts['errors']:,} errors and "
+              f"{counts['requests']:,} request logs from {db.path}{size}", markup=False,
+              soft_wrap=True)
 
 
 @logs_app.callback()

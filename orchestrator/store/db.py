@@ -292,8 +292,8 @@ class GenerationStore:
 
     def prune(self, *, older_than_s: float | None = None,
               experts: Sequence[str] | None = None) -> dict[str, int]:
-        """Delete generations and errors older than `older_than_s` and/or of `experts`;
-        returns the counts deleted."""
+        """Delete generations and errors older than `older_than_s` and/or of `experts` (and,
+        by age alone, logged requests); returns the counts deleted."""
         if older_than_s is None and not experts:
             raise StoreError("Say what to prune: an age (--older-than 30d) and/or experts "
                              "(--expert ID).")
@@ -309,7 +309,10 @@ class GenerationStore:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
             gens = conn.execute(f"DELETE FROM generations WHERE {clause}", params).rowcount
             errs = conn.execute(f"DELETE FROM errors WHERE {clause}", params).rowcount
-            return {"generations": gens, "errors": errs}
+            logs = 0
+            if older_than_s is not None and not experts:
+                logs = conn.execute("DELETE FROM requests WHERE created < ?", params).rowcount
+            return {"generations": gens, "errors": errs, "requests": logs}
 
         counts = self._write("pruning", work)
         with self._lock:
