@@ -17,6 +17,7 @@ against that plus writing results.jsonl and summary.json. Target: <= 3% of wall 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -50,12 +51,13 @@ class TimedStore(GenerationStore):
         self.rows += len(rows)
 
 
-def timed_run(orch, queries, out: Path) -> tuple[float, float, object]:
-    start = time.perf_counter()
+def timed_run(orch, queries, out: Path) -> tuple[float, float, float, object]:
+    """(evaluate wall s, evaluate + write_run wall s, evaluate CPU s of this process, result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = orch.evaluate(queries)
-    mid = time.perf_counter()
+    mid, cpu = time.perf_counter(), time.process_time() - cpu
     write_run(out, result)
-    return mid - start, time.perf_counter() - start, result
+    return mid - start, time.perf_counter() - start, cpu, result
 
 
 def main() -> None:
@@ -79,44 +81,49 @@ def main() -> None:
                     keys.expert(expert)  # hashes the two recordings files (28 MB) once
             hashing_s = time.perf_counter() - start
 
-            times: dict[str, list[tuple[float, float]]] = {"off": [], "on": [], "grouped": []}
+            times: dict[str, list[tuple[float, float, float]]] = {
+                "off": [], "on": [], "grouped": []}
             put_s = rows = 0.0
             for i in range(args.repeats):
                 for mode in times:
                     if mode == "off":
                         orch.executor = plain
-                        e, w, result = timed_run(orch, queries, work / "out")
+                        e, w, c, result = timed_run(orch, queries, work / "out")
                     else:
                         path = work / f"{mode}-{i}.sqlite"
                         shutil.copy(seed, path)
                         with TimedStore(path) as store:
                             orch.executor = StoredExecutor(
                                 plain, store, group_s=0.05 if mode == "grouped" else 0.0)
-                            e, w, result = timed_run(orch, queries, work / "out")
+                            e, w, c, result = timed_run(orch, queries, work / "out")
                             assert result.stats.from_store == 0
                             if mode == "on":
                                 put_s, rows = put_s + store.put_s, rows + store.rows
-                    times[mode].append((e, w))
+                    times[mode].append((e, w, c))
             with GenerationStore(work / f"on-{args.repeats - 1}.sqlite") as store:
                 orch.executor = StoredExecutor(plain, store)
                 warm = [timed_run(orch, queries, work / "out") for _ in range(args.repeats)]
-            answered = warm[-1][2].stats.from_store
+            answered = warm[-1][3].stats.from_store
             size_mb = store.size_bytes() / 1e6
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    med = {m: (statistics.median(e for e, _ in v), statistics.median(w for _, w in v))
+    med = {m: tuple(statistics.median(x[i] for x in v) for i in range(3))
            for m, v in times.items()}
-    off_e, off_w = med["off"]
+    off_e, off_w, off_c = med["off"]
     n = len(queries) * 3
     print(f"replay run: {len(queries):,} questions x 3 experts = {n:,} generations, "
           f"batch size {args.batch_size}, medians of {args.repeats} interleaved runs")
-    print(f"{'mode':<14}{'evaluate s':>11}{'overhead':>10}{'+ results s':>13}{'overhead':>10}")
-    for mode, (e, w) in med.items():
-        print(f"{mode:<14}{e:>11.3f}{(e - off_e) / off_e:>10.1%}{w:>13.3f}{(w - off_w) / off_w:>10.1%}")
-    warm_e = statistics.median(e for e, _, _ in warm)
+    print(f"{'mode':<14}{'evaluate s':>11}{'overhead':>10}{'+ results s':>13}{'overhead':>10}"
+          f"{'CPU s':>8}{'overhead':>10}")
+    for mode, (e, w, c) in med.items():
+        print(f"{mode:<14}{e:>11.3f}{(e - off_e) / off_e:>10.1%}{w:>13.3f}"
+              f"{(w - off_w) / off_w:>10.1%}{c:>8.3f}{(c - off_c) / off_c:>10.1%}")
+    warm_e = statistics.median(x[0] for x in warm)
     print(f"{'all stored':<14}{warm_e:>11.3f}{(warm_e - off_e) / off_e:>10.1%}   "
           f"({answered:,} of {n:,} answered by the store)")
+    print(f"CPU s: this process's CPU time during evaluate (less disturbed by other load; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"rows written: {rows / max(put_s, 1e-9):,.0f} rows/s inside the commits "
           f"({rows / args.repeats:,.0f} rows, {put_s / args.repeats * 1000:.0f} ms per run in "
           f"{n // args.batch_size + 3} commits); {n / (med['on'][0]):,.0f} generations/s end to end")

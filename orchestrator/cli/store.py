@@ -18,7 +18,7 @@ from .common import err, handle_errors, out, split_ids
 
 app = typer.Typer(help="The generation store: stats, export to a replay pool, prune.",
                   no_args_is_help=True)
-logs_app = typer.Typer(help="Requests the server logged in the store (serve --log-requests).",
+logs_app = typer.Typer(help="Requests that `orchestrate serve` recorded in the store.",
                        invoke_without_command=True)
 
 StoreOption = Annotated[Optional[Path], typer.Option(
@@ -132,8 +132,7 @@ def prune(
         "--vacuum", help="Then shrink the file (rewrites it; other processes must wait).")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Remove generations (and their logged errors) by age and/or expert; by age alone, also
-    the server's request logs."""
+    """Remove generations and their errors by age and/or expert (by age alone: request logs too)."""
     age = parse_age(older_than) if older_than is not None else None
     with _open(store) as db:
         counts = db.prune(older_than_s=age, experts=split_ids(expert))
