@@ -403,3 +403,20 @@ def test_prune_by_age_and_expert_keeps_the_rest(tmp_path):
                       .values()) == ["q2", "q4"]
         with pytest.raises(StoreError, match="Say what to prune"):
             store.prune()
+
+
+def test_any_path_works_and_the_default_follows_the_environment(tmp_path, monkeypatch):
+    from orchestrator.store import Row, default_store_path
+
+    odd = tmp_path / "we?ird #dir %20 ü" / "s.sqlite"
+    with GenerationStore(odd) as store:
+        store.put([Row(b"k" * 32, b"e" * 32, "e", "q", True, "t")])
+    with GenerationStore(odd, readonly=True) as store:
+        assert len(store.lookup([b"k" * 32])) == 1
+    assert odd.is_file()
+    monkeypatch.delenv("ORCHESTRATOR_STORE")
+    monkeypatch.delenv("ORCHESTRATOR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_store_path() == tmp_path / "xdg" / "orchestrator" / "store.sqlite"
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))
+    assert default_store_path() == tmp_path / "cache" / "store.sqlite"

@@ -8,7 +8,6 @@ writer waits up to `busy_s` for another process's, so two runs can share one sto
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import StoreError
-from .schema import ensure_schema, translate
+from .logs import RequestLogs, to_json
+from .schema import ensure_readable, ensure_schema, translate
 
 STORE_FILE = "store.sqlite"
 _CHUNK = 900  # keys per SELECT ... IN (...), under SQLite's variable limit
@@ -81,13 +81,7 @@ def _py_text(value: str | bytes) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, ensure_ascii=True, default=str)
-
-
-class GenerationStore:
+class GenerationStore(RequestLogs):
     """Open (creating or migrating) the store at `path` (default: `default_store_path()`).
     Every failure is a `StoreError` naming the file. Thread-safe; use as a context manager."""
 
@@ -110,13 +104,13 @@ class GenerationStore:
             if not path.is_file():
                 raise StoreError(f"The generation store {path} does not exist. Run something "
                                  "first, or name an existing store with --store PATH.")
-            uri = f"file:{path.resolve()}?mode=ro"
+            uri = f"{path.resolve().as_uri()}?mode=ro"
         else:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise translate(err, path, "creating its folder") from None
-            uri = f"file:{path.resolve()}"
+            uri = path.resolve().as_uri()
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=busy_s, isolation_level=None,
                                    check_same_thread=False)
@@ -238,7 +232,7 @@ class GenerationStore:
         """Commit one batch: generations (replacing any row with the same key), failures
         (key, expert id, query id, error) and unseen experts (key -> (id, identity))."""
         now = time.time()
-        new_experts = [(k, eid, _json(ident), now) for k, (eid, ident) in (experts or {}).items()
+        new_experts = [(k, eid, to_json(ident), now) for k, (eid, ident) in (experts or {}).items()
                        if k not in self._known_experts]
 
         def work(conn: sqlite3.Connection) -> None:
@@ -331,40 +325,6 @@ class GenerationStore:
             except sqlite3.Error as err:
                 raise translate(err, self.path, "vacuuming") from None
 
-    # -- server request logs -----------------------------------------------------------------
-
-    def log_request(self, request: Mapping[str, Any], response: Mapping[str, Any] | None = None,
-                    *, routing: Mapping[str, Any] | None = None, error: str | None = None,
-                    duration_s: float | None = None, model: str | None = None) -> int:
-        """Record one served request (the body as received), its routing and its answer or
-        error; returns the log id (`orchestrate logs show ID`)."""
-        model = model or (request.get("model") if isinstance(request, Mapping) else None)
-        values = (time.time(), model, "error" if error else "ok", duration_s, _json(request),
-                  _json(routing), _json(response), error)
-        return self._write("logging a request", lambda c: c.execute(
-            "INSERT INTO requests (created, model, status, duration_s, request, routing, "
-            "response, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values).lastrowid)
-
-    def list_requests(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest logged requests, newest first (id, created, model, status, duration_s,
-        question: the last user message)."""
-        rows = self._read("listing request logs",
-                          "SELECT id, created, model, status, duration_s, request, error "
-                          "FROM requests ORDER BY id DESC LIMIT ?", (limit,))
-        return [{"id": r[0], "created": r[1], "model": r[2], "status": r[3],
-                 "duration_s": r[4], "question": _last_user(r[5]), "error": r[6]} for r in rows]
-
-    def get_request(self, log_id: int) -> dict[str, Any] | None:
-        rows = self._read("reading a request log",
-                          "SELECT id, created, model, status, duration_s, request, routing, "
-                          "response, error FROM requests WHERE id = ?", (log_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return {"id": r[0], "created": r[1], "model": r[2], "status": r[3], "duration_s": r[4],
-                "request": json.loads(r[5]), "routing": json.loads(r[6]) if r[6] else None,
-                "response": json.loads(r[7]) if r[7] else None, "error": r[8]}
-
 
 def _readable(conn: sqlite3.Connection, uri: str, busy_s: float) -> sqlite3.Connection:
     """A read-only connection that can read: a WAL store on read-only media whose -shm file
@@ -378,29 +338,3 @@ def _readable(conn: sqlite3.Connection, uri: str, busy_s: float) -> sqlite3.Conn
     conn.close()
     return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=busy_s,
                            isolation_level=None, check_same_thread=False)
-
-
-def _last_user(body: str) -> str:
-    try:
-        messages = json.loads(body).get("messages") or []
-    except (ValueError, AttributeError):
-        return ""
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    content = users[-1].get("content") if users else ""
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
-
-def ensure_readable(conn: sqlite3.Connection, path: Path) -> None:
-    """A read-only open: the schema must be one this version reads (no migration)."""
-    from .schema import SCHEMA_VERSION, schema_version
-
-    found = schema_version(conn, path)
-    if found is None:
-        raise StoreError(f"The generation store {path} is empty. Run something first, or name "
-                         "another store with --store PATH.")
-    if found != SCHEMA_VERSION:
-        raise StoreError(f"The generation store {path} has schema version {found}; this "
-                         f"orchestrator reads version {SCHEMA_VERSION}. Open it once writable "
-                         "(any run or `orchestrate store stats`) to migrate it.")

@@ -159,3 +159,15 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> int:
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     return found
+
+
+def ensure_readable(conn: sqlite3.Connection, path: Path) -> None:
+    """A read-only open: the schema must be one this version reads (no migration)."""
+    found = schema_version(conn, path)
+    if found is None:
+        raise StoreError(f"The generation store {path} is empty. Run something first, or name "
+                         "another store with --store PATH.")
+    if found != SCHEMA_VERSION:
+        raise StoreError(f"The generation store {path} has schema version {found}; this "
+                         f"orchestrator reads version {SCHEMA_VERSION}. Open it once writable "
+                         "(any run or `orchestrate store stats`) to migrate it.")
