@@ -420,3 +420,16 @@ def test_any_path_works_and_the_default_follows_the_environment(tmp_path, monkey
     assert default_store_path() == tmp_path / "xdg" / "orchestrator" / "store.sqlite"
     monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))
     assert default_store_path() == tmp_path / "cache" / "store.sqlite"
+
+
+def test_wrapped_executors_still_store_everything(tmp_path):
+    from orchestrator.workers.cache import CachingExecutor
+
+    orch, backend = flaky_orchestrator(tmp_path, n_experts=1)
+    requests = [req(f"p{i}", "x0", qid=f"q{i}") for i in range(5)]
+    with GenerationStore(tmp_path / "a.sqlite") as a, GenerationStore(tmp_path / "b.sqlite") as b:
+        outer = StoredExecutor(StoredExecutor(CachingExecutor(orch.executor), a), b)
+        outer.execute(requests)
+        assert a.stats()["generations"] == b.stats()["generations"] == 5
+        _, stats = outer.execute(requests)
+        assert len(backend.calls) == 5 and stats.from_store == 5

@@ -153,16 +153,18 @@ class StoredExecutor:
                 if now - clock["commit"] >= self.group_s:
                     commit()
 
-        previous = getattr(inner, "on_batch", None)
+        # an executor's own hook (a wrapper that delegates attributes has none of its own)
+        hooked = "on_batch" in getattr(inner, "__dict__", {})
+        previous = inner.on_batch if hooked else None
         try:
-            if not hasattr(inner, "on_batch"):
+            if not hooked:
                 generated, stats = inner.execute(misses)
                 finished(list(generated))
                 return generated, stats
             inner.on_batch = finished if previous is None else _chain(previous, finished)
             return inner.execute(misses)
         finally:
-            if hasattr(inner, "on_batch"):
+            if hooked:
                 inner.on_batch = previous
             with lock:
                 commit()
