@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core import Orchestrator
-from orchestrator.store import GenerationStore, StoredExecutor
+from orchestrator.store import GenerationStore, StoredExecutor, query_extractor
 
 from .conftest import ROOT, choice_rows
 
@@ -44,8 +44,15 @@ def per_expert(result) -> list[list[tuple[str, str | None]]]:
 
 def run_stored(pool: Path, queries, store: Path, **overrides):
     with Orchestrator.from_files(pool, **overrides) as orch, GenerationStore(store) as db:
-        orch.executor = StoredExecutor(orch.executor, db)
-        return orch.evaluate(queries)
+        orch.executor = StoredExecutor(orch.executor, db, extract=query_extractor(queries))
+        result = orch.evaluate(queries)
+        keys = orch.executor.keys.keys(orch.requests_for(queries, [a.selection for a in
+                                                                  result.answers]))
+        stored = db.lookup(keys)
+        # the stored answers are the ones the run read
+        assert [stored[k].answer for k in keys] == [o.answer for a in result.answers
+                                                    for o in a.outputs]
+        return result
 
 
 def test_export_then_replay_gives_the_same_per_expert_answers(tmp_path, fake_pool, sample_jsonl):

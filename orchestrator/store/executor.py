@@ -38,6 +38,21 @@ def key_maker(residency, store: GenerationStore | None = None) -> KeyMaker:
                     _answers_by_id(residency))
 
 
+def query_extractor(queries) -> Extract:
+    """An `extract` for StoredExecutor: the answer a run reads from a result, found by its
+    question id among `queries` (set it before each run: `executor.extract = ...`)."""
+    from ..benchmarks.extract import extract_answer
+
+    by_id = {q.id: q for q in queries}
+
+    def extract(res: GenerationResult) -> str | None:
+        query = by_id.get(res.request.query_id)
+        return None if query is None else extract_answer(res.text, query.answer_type,
+                                                         query.options)
+
+    return extract
+
+
 def stored_result(request: GenerationRequest, stored: StoredGeneration) -> GenerationResult:
     return GenerationResult(request, stored.text, stored.tokens_in, stored.tokens_out)
 
