@@ -77,6 +77,11 @@ def _sql_text(text: str) -> str | bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
+def _bindable(row: Row) -> Row:
+    return row._replace(query_id=_sql_text(row.query_id), text=_sql_text(row.text),
+                        answer=None if row.answer is None else _sql_text(row.answer))
+
+
 def _py_text(value: str | bytes) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
@@ -239,12 +244,13 @@ class GenerationStore(RequestLogs):
             if new_experts:
                 conn.executemany("INSERT OR IGNORE INTO experts VALUES (?, ?, ?, ?)", new_experts)
             if rows:
+                # rows are bound as they are (no copy per row); `created` is one literal
                 conn.executemany(
                     "INSERT OR REPLACE INTO generations (key, expert_key, expert_id, query_id, "
                     "reusable, text, answer, finish_reason, tokens_in, tokens_out, seconds, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r[0], r[1], r[2], _sql_text(r[3]), r[4], _sql_text(r[5]),
-                      None if r[6] is None else _sql_text(r[6]), *r[7:], now) for r in rows])
+                    f"created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {float(now)!r})",
+                    [r if r[5].isascii() and r[3].isascii() and (r[6] is None or r[6].isascii())
+                     else _bindable(r) for r in rows])
             if errors:
                 conn.executemany(
                     "INSERT INTO errors (key, expert_id, query_id, error, created) "

@@ -85,14 +85,14 @@ class StoredExecutor:
                 if self.reuse_unseeded or reusable(r.sampling)]
         return self.store.count_present(keys, reuse_unseeded=self.reuse_unseeded), len(requests)
 
-    def _commit(self, batch: list[tuple[GenerationResult, float]],
+    def _commit(self, batches: list[tuple[list[GenerationResult], float]],
                 keys: dict[int, tuple[GenerationRequest, bytes]]) -> None:
-        """Store finished results (each with the seconds of its batch / the batch size): texts
-        as generations, failures as errors. `keys` maps id(request) -> (request, key) for the
-        requests this call generates."""
+        """Store finished batches (each with its seconds / its size): texts as generations,
+        failures as errors. `keys` maps id(request) -> (request, key) for the requests this
+        call generates."""
         rows, errors, experts = [], [], {}
         extract = self.extract
-        for res, seconds in batch:
+        for res, seconds in ((res, s) for batch, s in batches for res in batch):
             request = res.request
             known = keys.get(id(request))
             key = known[1] if known is not None and known[0] is request else self.keys.key(request)
@@ -149,7 +149,7 @@ class StoredExecutor:
         is written when it returns. Whatever finished is committed even on Ctrl-C. The hook
         may be called from several threads (placements running concurrently)."""
         inner = self.inner
-        waiting: list[tuple[GenerationResult, float]] = []
+        waiting: list[tuple[list[GenerationResult], float]] = []
         clock = {"batch": time.perf_counter(), "commit": time.perf_counter()}
         lock = threading.Lock()
 
@@ -164,7 +164,7 @@ class StoredExecutor:
             with lock:
                 now = time.perf_counter()
                 seconds, clock["batch"] = (now - clock["batch"]) / max(1, len(batch)), now
-                waiting.extend((res, seconds) for res in batch)
+                waiting.append((batch, seconds))
                 if now - clock["commit"] >= self.group_s:
                     commit()
 
