@@ -37,6 +37,9 @@ class ExpertConfig(StrictModel):
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+    placement: str | int | list[int] | None = Field(
+        default=None, description="a GPU index or list for vllm/transformers, a server name for "
+        "openai_http; default: auto")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:

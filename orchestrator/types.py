@@ -38,6 +38,7 @@ class ExpertSpec:
     temperature: float | None = None
     top_p: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    placement: str | int | list[int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class GenerationResult:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
+    finish_reason: str | None = None  # "stop" | "length" where the backend knows it
 
     @property
     def ok(self) -> bool:

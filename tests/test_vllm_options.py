@@ -85,6 +85,24 @@ def test_engine_kwargs_follow_the_manifest(model_dir):
     assert "enable_sleep_mode" not in kwargs and "gpu_memory_utilization" not in kwargs
 
 
+def test_sleep_mode_offload_cudagraph_is_accepted_and_passed_only_when_set(model_dir):
+    backend = VLLMBackend()
+    on = spec(model_dir, options={"enable_sleep_mode": True, "sleep_mode_offload_cudagraph": True})
+    kwargs = backend._engine_kwargs(on, backend.options(on), lora=False)
+    assert kwargs["sleep_mode_offload_cudagraph"] is True and kwargs["enable_sleep_mode"] is True
+    off = spec(model_dir, options={"enable_sleep_mode": True})
+    assert "sleep_mode_offload_cudagraph" not in backend._engine_kwargs(
+        off, backend.options(off), lora=False)  # vLLM < 0.32 rejects the keyword
+
+
+def test_placement_is_part_of_the_engine_key(model_dir):
+    backend = VLLMBackend()
+    a, b = spec(model_dir, placement=0), spec(model_dir, placement=[1])
+    assert backend._key(a, backend.options(a)) != backend._key(b, backend.options(b))
+    assert backend._key(b, backend.options(b)) == backend._key(
+        spec(model_dir, placement="1"), backend.options(b))
+
+
 def test_adapter_checks(model_dir, tmp_path):
     backend = VLLMBackend(BackendContext(base_dir=tmp_path))
     with pytest.raises(UserError, match="no adapter_config.json"):
