@@ -100,7 +100,7 @@ class Engine:
             for gpu in gpus:
                 free, total = memory.info(gpu)
                 self.freed[gpu] = max(0, free - before[gpu])
-                self.residual[gpu] = max(0, self.utilization * total - self.freed[gpu])
+                self.residual[gpu] = max(0, int(self.utilization * total) - self.freed[gpu])
         log.info("vllm engine for %s sleeps (level %d)", self.model, level)
 
     def wake(self) -> None:
