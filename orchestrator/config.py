@@ -38,14 +38,26 @@ class ExpertConfig(StrictModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
     placement: str | int | list[int] | None = Field(
-        default=None, description="a GPU index or list for vllm/transformers, a server name for "
-        "openai_http; default: auto")
+        default=None, description="a GPU index or list for vllm/transformers, a server name "
+        "for openai_http (default: its base URL); default auto")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:
         if self.adapter and self.lora_moe:
             raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
                              "folder already names its LoRA experts, so give only lora_moe")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> ExpertConfig:
+        p = self.placement
+        gpus = [p] if isinstance(p, int) else p if isinstance(p, list) else []
+        if isinstance(p, list) and (not p or len(set(p)) != len(p)):
+            raise ValueError(f"expert '{self.id}': placement {p} must list distinct GPU "
+                             "indices, e.g. [0, 1]")
+        if any(g < 0 for g in gpus) or p == "":
+            raise ValueError(f"expert '{self.id}': placement {p!r} is not a GPU index >= 0, "
+                             "a list of them or a server name")
         return self
 
     def to_spec(self) -> ExpertSpec:

@@ -38,7 +38,9 @@ class ExpertSpec:
     temperature: float | None = None
     top_p: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
-    placement: str | int | list[int] | None = field(default=None, compare=False)
+    # a GPU index or list for vllm/transformers, a server name for openai_http (default: its
+    # base URL); None: auto (packed by the executor)
+    placement: str | int | list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class GenerationResult:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
-    finish_reason: str | None = None  # "stop" | "length" where the backend knows it
+    finish_reason: Literal["stop", "length"] | None = None  # "length": cut by max_tokens
 
     @property
     def ok(self) -> bool:
