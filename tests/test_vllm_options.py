@@ -100,7 +100,7 @@ def test_placement_is_part_of_the_engine_key(model_dir):
     a, b = spec(model_dir, placement=0), spec(model_dir, placement=[1])
     assert backend._key(a, backend.options(a)) != backend._key(b, backend.options(b))
     assert backend._key(b, backend.options(b)) == backend._key(
-        spec(model_dir, placement="1"), backend.options(b))
+        spec(model_dir, placement=(1,)), backend.options(b))
 
 
 def test_adapter_checks(model_dir, tmp_path):

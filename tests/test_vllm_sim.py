@@ -49,7 +49,7 @@ def test_each_placement_gets_its_own_engine_on_its_gpus(fake_vllm, models):
     backend = VLLMBackend()
     backend.load(expert("a0", a, placement=0))
     backend.load(expert("a2", a, placement=2))  # the same model on another GPU: its own engine
-    backend.load(expert("b13", b, placement="1,3"))
+    backend.load(expert("b13", b, placement=[1, 3]))
     got = {tuple(e.gpus): e.model for e in machine.engines}
     assert got == {(0,): a, (2,): a, (1, 3): b}
     assert machine.engines[2].gpus == [1, 3] and not any(e.asleep for e in machine.engines)
@@ -69,7 +69,7 @@ def test_tensor_parallel_size_follows_the_placement(fake_vllm, models):
         "tensor_parallel_size"] == 2
     with pytest.raises(ConfigError, match="names 2 GPU.*tensor_parallel_size is 4"):
         backend.check(expert("a", a, placement=[0, 1], tensor_parallel_size=4))
-    for bad in ("gpu0", [0, 0], -1, "1-"):
+    for bad in ("gpu0", [0, 0], -1, "1", [], True):
         with pytest.raises(ConfigError, match="placement"):
             backend.check(expert("a", a, placement=bad))
 
@@ -100,6 +100,31 @@ def test_one_awake_engine_per_gpu(fake_vllm, models):
     texts(out)
     llms = {e.model: e for e in machine.engines}
     assert llms[a].sleep_calls and llms[b].sleep_calls and not llms[c].sleep_calls
+    backend.close()
+
+
+def test_placements_driven_from_threads_keep_their_gpus(fake_vllm, models):
+    """The executor runs one worker thread per placement over one backend."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    machine = fake_vllm.reset(gpus=2)
+    paths = models(4)
+    backend = VLLMBackend()
+    specs = [expert(f"e{i}", p, placement=i % 2) for i, p in enumerate(paths)]
+
+    def lane(gpu: int) -> list[str]:
+        out = []
+        for spec in specs[gpu::2]:
+            backend.load(spec)
+            out += texts(backend.generate([ask(spec.id, index=i) for i in range(3)]))
+            backend.release(spec.id)
+        return out
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lane, [0, 1]))
+    assert all(len(r) == 6 for r in results)
+    assert {e.model: tuple(e.gpus) for e in machine.engines} == {
+        p: (i % 2,) for i, p in enumerate(paths)}
     backend.close()
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -35,29 +34,21 @@ DEFAULT_UTILIZATION = 0.92  # LLM(gpu_memory_utilization=...) default, vllm/entr
 
 
 def parse_gpus(expert_id: str, placement) -> tuple[int, ...] | None:
-    """`placement` of a vllm expert -> GPU indices: 2, [0, 1], "3", "0,1", "0-3"; None: auto."""
-    if placement is None or placement == "auto":
+    """`placement` of a vllm expert -> GPU indices: 2 or [0, 1]; None: auto. A string names a
+    server (openai_http), never GPUs: the executor would not see them as GPUs."""
+    if placement is None:
         return None
-    if isinstance(placement, bool):
-        placement = str(placement)
-    if isinstance(placement, int):
-        gpus: list[int] = [placement]
-    elif isinstance(placement, list) and all(isinstance(g, int) and not isinstance(g, bool)
-                                             for g in placement):
-        gpus = list(placement)
-    elif isinstance(placement, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*"
-                                                      r"(-\s*\d+\s*)?)*", placement):
-        gpus = []
-        for part in placement.split(","):
-            low, _, high = part.partition("-")
-            gpus.extend(range(int(low), int(high or low) + 1))
-    else:
-        gpus = []
-    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+    ok = isinstance(placement, int) and not isinstance(placement, bool)
+    gpus = [placement] if ok else []
+    if isinstance(placement, (list, tuple)) and all(
+            isinstance(g, int) and not isinstance(g, bool) for g in placement):
+        gpus, ok = list(placement), True
+    if not ok or not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
         raise ConfigError(
             f"Expert '{expert_id}' (backend vllm) has placement {placement!r}. A vllm expert's "
-            "placement is a GPU index (2), a list of distinct indices ([0, 1]) or a string like "
-            "'0,1' or '0-3'; leave it out for auto (GPU 0, or GPUs 0..tensor_parallel_size-1)."
+            "placement is a GPU index (2) or a list of distinct indices ([0, 1]); a string "
+            "names a server (openai_http). Leave it out for auto (GPU 0, or GPUs "
+            "0..tensor_parallel_size-1, or where the executor packs it)."
         )
     return tuple(gpus)
 
