@@ -119,9 +119,10 @@ def test_adapter_checks(model_dir, tmp_path):
     assert backend._key(base, backend.options(base)) in backend._lora_bases
 
 
-def test_gpu_manifest_loads_and_checks_without_vllm():
+@pytest.mark.parametrize("name", ["gpu-symbolic-moe", "gpu-symbolic-moe-8gpu"])
+def test_gpu_manifest_loads_and_checks_without_vllm(name):
     before = "vllm" in sys.modules
-    pool = load_pool(ROOT / "pools" / "gpu-symbolic-moe.yaml")
+    pool = load_pool(ROOT / "pools" / f"{name}.yaml")
     backend = VLLMBackend(BackendContext(base_dir=pool.base_dir))
     specs = pool.specs()
     assert len(specs) == 16 and {s.backend for s in specs.values()} == {"vllm"}
@@ -129,5 +130,8 @@ def test_gpu_manifest_loads_and_checks_without_vllm():
         assert backend.check(expert).startswith("hub id")
         opts = backend.options(expert)
         assert opts.enable_sleep_mode is True and opts.gpu_memory_utilization is not None
+        assert opts.sleep_mode_offload_cudagraph is True
     assert pool.aggregator in specs
+    placements = sorted(s.placement for s in specs.values() if s.placement is not None)
+    assert placements == ([] if name == "gpu-symbolic-moe" else sorted(list(range(8)) * 2))
     assert ("vllm" in sys.modules) == before

@@ -283,6 +283,30 @@ def test_max_tokens_beyond_the_context_is_clamped_not_refused(fake_vllm, models)
     backend.close()
 
 
+def test_the_shipped_pools_math_experts_answer_with_4096_new_tokens(fake_vllm, tmp_path):
+    """pools/gpu-symbolic-moe.yaml: 4,096 context and configs/gpu-symbolic-moe.yaml's 4,096 new
+    tokens failed every request before."""
+    from dataclasses import replace
+
+    from orchestrator.config import load_config, load_pool
+
+    from .conftest import ROOT
+
+    fake_vllm.reset()
+    pool = load_pool(ROOT / "pools" / "gpu-symbolic-moe.yaml").specs()
+    config = load_config(ROOT / "configs" / "gpu-symbolic-moe.yaml")
+    folder = model_folder(tmp_path, "math")
+    backend = VLLMBackend()
+    for eid in ("qwen2.5-math-7b", "deepseek-math-7b-instruct"):
+        spec = replace(pool[eid], model=folder)
+        assert backend.options(spec).max_model_len == 4096
+        backend.load(spec)
+        out = backend.generate([ask(eid, " ".join(["word"] * 200), max_tokens=
+                                    config.generation.max_tokens, temperature=0.7)])
+        assert out[0].error is None and out[0].finish_reason in ("stop", "length")
+    backend.close()
+
+
 def test_generation_stopped_by_the_context_reports_length(fake_vllm, models):
     fake_vllm.reset()
     (a,) = models(1)
