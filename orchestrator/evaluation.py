@@ -10,6 +10,7 @@ import numpy as np
 
 from .aggregation.vote import majority
 from .benchmarks.extract import is_correct
+from .benchmarks.intervals import paired_bootstrap, wilson
 from .generation import Generation, every_expert
 from .types import Answer, Query
 
@@ -41,12 +42,23 @@ def baselines(generation: Generation, queries: Sequence[Query], routed: Sequence
     refs = reference_points(scored_queries, experts, correct, answers)
     routed_ok = np.array([bool(routed[i].correct) for i in scored])
     best = experts.index(refs["best_single"]["expert"])
+    diff = paired_bootstrap(routed_ok.tolist(), correct[:, best].tolist())
     return {
         "n": len(scored),
         "routed": round(float(routed_ok.mean()), 4),
+        "routed_ci": _ci(int(routed_ok.sum()), len(routed_ok)),
         **refs,
+        # routed minus the best single expert on the same questions, 95% paired bootstrap
+        "routed_vs_best_single": {"difference": round(diff.estimate, 4),
+                                  "ci": [round(diff.low, 4), round(diff.high, 4)],
+                                  "method": diff.method},
         "per_domain": per_domain([q.domain for q in scored_queries], routed_ok, correct, best),
     }
+
+
+def _ci(successes: int, n: int) -> list[float]:
+    ci = wilson(successes, n)
+    return [round(ci.low, 4), round(ci.high, 4)]
 
 
 def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: np.ndarray,
@@ -58,8 +70,10 @@ def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: 
     votes = [majority(row)[0] for row in answers]
     vote_acc = np.mean([bool(is_correct(v, q.gold, q.answer_type))
                         for v, q in zip(votes, queries)])
+    n = len(queries)
     return {
-        "best_single": {"expert": experts[best], "accuracy": round(float(per_expert[best]), 4)},
+        "best_single": {"expert": experts[best], "accuracy": round(float(per_expert[best]), 4),
+                        "ci": _ci(int(correct[:, best].sum()), n)},
         "random_single": round(float(per_expert.mean()), 4),
         "majority_all": round(float(vote_acc), 4),
         "oracle": round(float(correct.any(axis=1).mean()), 4),
@@ -78,6 +92,7 @@ def per_domain(domains: Sequence[str | None], routed: np.ndarray, correct: np.nd
         table[name] = {
             "n": int(rows.sum()),
             "routed": round(float(routed[rows].mean()), 4),
+            "routed_ci": _ci(int(routed[rows].sum()), int(rows.sum())),
             "best_single": round(float(correct[rows, best].mean()), 4),
             "oracle": round(float(correct[rows].any(axis=1).mean()), 4),
         }

@@ -70,7 +70,7 @@ def test_run_writes_report_linking_valid_pngs(cli_run):
     assert f"report     {report}" in output
     text = report.read_text()
     assert text.startswith("# Run report: pool `world`, router `fixed`, aggregator `vote`")
-    assert "| accuracy | 50.00% (4/8) |" in text and "best single expert (mathy)" in text
+    assert "| accuracy | 50.00% [21.52, 78.48] (4/8) |" in text and "best single expert (mathy)" in text
     linked = images(report)
     assert [alt for alt, _ in linked] == ["Accuracy per domain", "Expert usage",
                                           "Load and generate seconds per expert"]
@@ -119,9 +119,11 @@ def test_per_domain_reference_points_and_skill_usage(skill_run):
     run = read_run_dir(skill_run)
     ev = run.evaluation
     assert ev["best_single"]["expert"] == "mathy"  # tied with histy at 50%, first in the pool
-    assert ev["per_domain"] == {
-        "history": {"n": 4, "routed": 1.0, "best_single": 0.0, "oracle": 1.0},
-        "math": {"n": 4, "routed": 1.0, "best_single": 1.0, "oracle": 1.0},
+    assert ev["per_domain"] == {  # the 95% Wilson interval of 4/4
+        "history": {"n": 4, "routed": 1.0, "routed_ci": [0.5101, 1.0], "best_single": 0.0,
+                    "oracle": 1.0},
+        "math": {"n": 4, "routed": 1.0, "routed_ci": [0.5101, 1.0], "best_single": 1.0,
+                 "oracle": 1.0},
     }
     usage = expert_usage(run)
     assert usage.kind == "skill" and usage.experts == ["mathy", "histy", "meh"]
@@ -129,14 +131,16 @@ def test_per_domain_reference_points_and_skill_usage(skill_run):
     assert by_row["math"]["mathy"] == 4 and by_row["history"]["histy"] == 4
     write_report(skill_run)
     text = (skill_run / "report.md").read_text()
-    assert "| history | 4 | 100.00% | 0.00% | 100.00% |" in text
+    assert "| history | 4 | 100.00% [51.01, 100.00] | 0.00% | 100.00% |" in text
 
 
 def test_per_domain_counts_missing_domains_as_none():
     correct = np.array([[True, False], [False, False], [True, True]])
     table = per_domain([None, "law", None], np.array([True, False, False]), correct, best=0)
-    assert table == {"(none)": {"n": 2, "routed": 0.5, "best_single": 1.0, "oracle": 1.0},
-                     "law": {"n": 1, "routed": 0.0, "best_single": 0.0, "oracle": 0.0}}
+    assert table == {"(none)": {"n": 2, "routed": 0.5, "routed_ci": [0.0945, 0.9055],
+                                "best_single": 1.0, "oracle": 1.0},
+                     "law": {"n": 1, "routed": 0.0, "routed_ci": [0.0, 0.7935],
+                             "best_single": 0.0, "oracle": 0.0}}
 
 
 def test_a_failed_plot_warns_and_the_run_still_succeeds(tmp_path, monkeypatch):

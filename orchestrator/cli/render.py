@@ -28,6 +28,8 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
     acc = summary["accuracy"]
     acc_text = "n/a (no gold answers)" if acc is None else (
         f"{100 * acc:.2f}% ({summary['correct']}/{summary['n_scored']})"
+        + (f", 95% interval [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+           if (ci := summary.get("accuracy_ci")) else "")
     )
     return [
         f"accuracy   {acc_text}   [router {summary['router']}, k={summary['k']}"
@@ -54,8 +56,10 @@ def evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
     if not ev:
         return []
     best = ev["best_single"]
+    diff = ev.get("routed_vs_best_single")
     return [
         f"reference  routed {100 * ev['routed']:.2f}% | best single {100 * best['accuracy']:.2f}% "
         f"({best['expert']}) | random single {100 * ev['random_single']:.2f}% | majority of all "
         f"{100 * ev['majority_all']:.2f}% | oracle {100 * ev['oracle']:.2f}%  (n={ev['n']})",
-    ]
+    ] + ([f"paired     routed - best single {100 * diff['difference']:+.2f} points, 95% interval "
+          f"[{100 * diff['ci'][0]:+.2f}, {100 * diff['ci'][1]:+.2f}]"] if diff else [])

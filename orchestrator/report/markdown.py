@@ -38,12 +38,20 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
         best = ev["best_single"]
         lines += [f"Reference points on the same {ev['n']} scored questions (every expert of the "
                   "pool answered every question):", "", *table(["system", "accuracy"], [
-                      ("routed (this run)", pct(ev["routed"])),
+                      ("routed (this run)", with_ci(ev["routed"], ev.get("routed_ci"))),
                       (f"best single expert ({best['expert']})", pct(best["accuracy"])),
                       ("random single expert (expected)", pct(ev["random_single"])),
                       ("majority vote of all experts", pct(ev["majority_all"])),
                       ("oracle (any expert right)", pct(ev["oracle"])),
                   ])]
+        diff = ev.get("routed_vs_best_single")
+        if diff:
+            lo, hi = diff["ci"]
+            verdict = ("better than" if lo > 0 else "worse than" if hi < 0
+                       else "not distinguishable from")
+            lines += [f"Routed minus best single expert: {100 * diff['difference']:+.2f} points, "
+                      f"95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}] ({diff['method']}): "
+                      f"the routed system is {verdict} its best member on these questions.", ""]
     lines += ["## Per expert", "", *expert_rows(run)]
     per_domain = domain_accuracy(run)
     if len(per_domain) > 2:  # "all" plus one domain says nothing new
@@ -51,7 +59,8 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
         names = {"routed": "routed", "best_single": "best single", "oracle": "oracle"}
         lines += ["## Accuracy per domain", "", *table(
             ["domain", "scored", *(names[k] for k in keys)],
-            [(d, row["n"], *(pct(row[k]) for k in keys)) for d, row in per_domain.items()])]
+            [(d, row["n"], *(with_ci(row[k], row["routed_ci"]) if k == "routed" else pct(row[k])
+                             for k in keys)) for d, row in per_domain.items()])]
     if run.sweep and run.sweep.get("rows"):
         lines += ["## Sweep over k", "", *table(
             ["k", "accuracy", "mean k", "experts used", "expert calls", "answers generated (new)"],
@@ -65,12 +74,20 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def with_ci(value: float | None, ci) -> str:
+    """"48.20% [45.10, 51.30]": a percentage with its 95% interval when there is one."""
+    if value is None or not ci:
+        return pct(value)
+    return f"{pct(value)} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     acc = s["accuracy"]
     rows = [
         ("questions", f"{s['n']} ({s.get('n_scored', '-')} with a gold answer)"),
         ("accuracy", "n/a (no gold answers)" if acc is None
-         else f"{pct(acc)} ({s.get('correct', '-')}/{s.get('n_scored', '-')})"),
+         else f"{with_ci(acc, s.get('accuracy_ci'))} ({s.get('correct', '-')}/"
+              f"{s.get('n_scored', '-')})"),
         ("k (experts per question)", str(s["k"])),
         ("mean k", f"{s['mean_k']:.2f}"),
         ("experts used", f"{s.get('distinct_experts', '-')} of "

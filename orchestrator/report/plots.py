@@ -66,7 +66,12 @@ def accuracy_per_domain(run: RunDir) -> Figure | None:
     ax = fig.add_subplot()
     for i, (key, label, color) in enumerate(series):
         values = [100 * table[g][key] for g in groups]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=color)
+        yerr = None
+        if key == "routed":  # the 95% Wilson interval as an error bar
+            yerr = np.array([[v - 100 * table[g]["routed_ci"][0] for g, v in zip(groups, values)],
+                             [100 * table[g]["routed_ci"][1] - v for g, v in zip(groups, values)]])
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=color,
+               yerr=yerr, capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
     routed = [100 * table[g]["routed"] for g in groups]
     for xi, value in zip(x + (0 - (len(series) - 1) / 2) * width, routed):
         ax.annotate(f"{value:.0f}", (xi, value), xytext=(0, 2), textcoords="offset points",
@@ -82,7 +87,7 @@ def accuracy_per_domain(run: RunDir) -> Figure | None:
     ax.set_axisbelow(True)
     above(ax)
     titled(fig, f"Accuracy per domain on pool {run.summary['pool']}",
-           "bars: accuracy (%); the routed bar's value above it")
+           "bars: accuracy (%), the routed bar with its 95% Wilson interval and value above it")
     return fig
 
 

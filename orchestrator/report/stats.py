@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..benchmarks.intervals import wilson
 from ..evaluation import NO_DOMAIN
 from .rundir import RunDir
 
@@ -21,16 +22,21 @@ def domain_accuracy(run: RunDir) -> dict[str, dict]:
     if ev.get("per_domain"):
         table = {OVERALL: {"n": ev["n"], "routed": ev["routed"],
                            "best_single": ev["best_single"]["accuracy"], "oracle": ev["oracle"]}}
-        return table | {d: dict(row) for d, row in sorted(ev["per_domain"].items())}
-    marks: dict[str, list[bool]] = {}
-    for r in run.records:
-        if r.get("correct") is not None:
-            marks.setdefault(r.get("domain") or NO_DOMAIN, []).append(bool(r["correct"]))
-    if not marks:
-        return {}
-    every = [m for ms in marks.values() for m in ms]
-    table = {OVERALL: {"n": len(every), "routed": float(np.mean(every))}}
-    return table | {d: {"n": len(ms), "routed": float(np.mean(ms))} for d, ms in sorted(marks.items())}
+        table |= {d: dict(row) for d, row in sorted(ev["per_domain"].items())}
+    else:
+        marks: dict[str, list[bool]] = {}
+        for r in run.records:
+            if r.get("correct") is not None:
+                marks.setdefault(r.get("domain") or NO_DOMAIN, []).append(bool(r["correct"]))
+        if not marks:
+            return {}
+        every = [m for ms in marks.values() for m in ms]
+        table = {OVERALL: {"n": len(every), "routed": float(np.mean(every))}}
+        table |= {d: {"n": len(ms), "routed": float(np.mean(ms))} for d, ms in sorted(marks.items())}
+    for row in table.values():  # the 95% Wilson interval of every routed accuracy
+        ci = wilson(round(row["routed"] * row["n"]), row["n"])
+        row["routed_ci"] = [ci.low, ci.high]
+    return table
 
 
 @dataclass(frozen=True)
