@@ -84,6 +84,8 @@ def test_extraction_keeps_the_latex_math_verify_reads():
     assert extract_answer("The answer is $\\frac{3}{4}$.", "numeric") == "3/4"
     assert extract_answer(POLAR_ANGLE, "text") == "\\pi/2"
     assert extract_answer(ROOTS, "text") == "$\\{2, 1\\}$"
+    # two prices are not a formula between dollar signs
+    assert extract_answer("The answer is $18 and the tip is $3.", "numeric") == "18"
 
 
 # (reply, gold): wrong values and partial answers; each must score False.

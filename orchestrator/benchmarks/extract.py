@@ -129,12 +129,12 @@ def extract_number(text: str) -> str | None:
         # at one position the delimited math ("$2\\sqrt{2}$") beats its leading number ("$2")
         hits = sorted((m.start(), pattern is _MATH_AFTER, next(g for g in m.groups() if g).strip())
                       for pattern in patterns for m in pattern.finditer(text))
-        if hits:
-            norm = normalize_number(hits[-1][2])
+        for _, is_latex, raw in reversed(hits):  # "$18 and the tip is $" is no formula
+            norm = normalize_number(raw)
             if norm is not None:
                 return norm
-            if _is_math(hits[-1][2]):
-                return hits[-1][2]
+            if is_latex and _is_math(raw):
+                return raw
     hits = _ANY_NUM.findall(text)
     for raw in reversed(hits):
         norm = normalize_number(raw)
