@@ -206,7 +206,8 @@ def test_normalize_number(raw, expected):
     pytest.param("17", "18", False, id="off-by-one"),
     pytest.param("7", "-7", False, id="sign"),
     pytest.param("18.01", "18", False, id="close-but-wrong"),
-    pytest.param("x = 5", "5", False, id="not-a-number"),
+    pytest.param("x = 5", "5", True, id="assignment-by-value"),  # math-verify, test_extract_math.py
+    pytest.param("x = 6", "5", False, id="assignment-wrong-value"),
     pytest.param(None, "18", False, id="nothing-extracted"),
 ])
 def test_is_correct_numeric(answer, gold, expected):

@@ -2,7 +2,12 @@
 
 Multiple choice: letters A-J from "The answer is (C)", "Answer: C", "\\boxed{C}", or a reply that
 is just the letter. Numbers and expressions: "\\boxed{}", "#### 18", "The answer is 18", with
-commas, currency, percent and trailing ".0" normalised; then the last number as a fallback.
+commas, currency, percent and trailing ".0" normalised; then the last number as a fallback. A
+boxed or stated answer that is not a plain number ("x=5", "\\frac{\\pi}{2}") is kept as LaTeX.
+
+Scoring: letters are compared as letters, and two plain numbers as fractions, without importing
+anything; other math answers are compared by value with math-verify (`mathscore.py`), and prose
+answers as normalised text.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ _NUM_AFTER = [
     re.compile(rf"\banswer\s*[:=]\s*\**\s*({_NUM})", re.I),
 ]
 _ANY_NUM = re.compile(_NUM)
+# "The answer is $\\frac{3}{4}$": the math of an answer statement, delimited on one line
+_MATH_AFTER = re.compile(
+    r"(?:answer\s+is\s*:?|\banswer\s*[:=])\s*\**\s*(?:\$([^$\n]+)\$|\\\((.+?)\\\))", re.I)
 
 
 def _letters_allowed(n_options: int | None) -> str:
@@ -85,9 +93,16 @@ def _last_boxed(text: str) -> str | None:
     return text[i : j - 1].strip() if depth == 0 else None
 
 
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:\\?%)?$")
+
+
 def normalize_number(raw: str) -> str | None:
-    """'$1,234.00' -> '1234'; '3/4' -> '3/4'; '50%' -> '50'; returns None if not a number."""
-    s = raw.strip().rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
+    """'$1,234.00' -> '1234'; '3/4' -> '3/4'; '50%' -> '50'; returns None if not a number.
+    A comma must group thousands: '1,2' is a list of two numbers, not 12."""
+    s = raw.strip().rstrip(".,").replace("$", "").replace(" ", "")
+    if "," in s and not _THOUSANDS.search(s):
+        return None
+    s = s.replace(",", "")
     s = s.replace("\\%", "").rstrip("%").replace("\\$", "")
     frac = re.fullmatch(r"(-?)\\d?frac\{(-?\d+)\}\{(-?\d+)\}", s)
     if frac:
@@ -110,18 +125,32 @@ def extract_number(text: str) -> str | None:
         norm = normalize_number(boxed)
         return norm if norm is not None else boxed.strip()
     # "####" first; then answer statements ("The answer is", "Answer:"), the last one in the text.
-    for patterns in (_NUM_AFTER[:1], _NUM_AFTER[1:]):
-        hits = sorted((m.start(), m.group(1)) for pattern in patterns for m in pattern.finditer(text))
-        if hits:
-            norm = normalize_number(hits[-1][1])
+    for patterns in ((_NUM_AFTER[0],), (*_NUM_AFTER[1:], _MATH_AFTER)):
+        # at one position the delimited math ("$2\\sqrt{2}$") beats its leading number ("$2")
+        hits = sorted((m.start(), pattern is _MATH_AFTER, next(g for g in m.groups() if g).strip())
+                      for pattern in patterns for m in pattern.finditer(text))
+        for _, is_latex, raw in reversed(hits):  # "$18 and the tip is $" is no formula
+            norm = normalize_number(raw)
             if norm is not None:
                 return norm
+            if is_latex and _is_math(raw):
+                return raw
     hits = _ANY_NUM.findall(text)
     for raw in reversed(hits):
         norm = normalize_number(raw)
         if norm is not None:
             return norm
     return None
+
+
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def _is_math(text: str) -> bool:
+    """A formula rather than prose: no word of three letters once LaTeX commands are removed
+    ("\\frac{\\pi}{2}", "x=5", "5\\text{ cm}" yes; "Paris", "\\text{Evelyn}" no)."""
+    return bool(text.strip()) and not _WORD.search(_LATEX_COMMAND.sub(" ", text))
 
 
 def _norm_text(text: str) -> str:
@@ -168,17 +197,34 @@ def _as_fraction(value: str) -> Fraction | None:
         return None
 
 
+def _bare(text: str) -> str:
+    return re.sub(r"\s+", "", text).strip("$")
+
+
 def is_correct(answer: str | None, gold: str | None, answer_type: AnswerType) -> bool | None:
-    """None when there is no gold to score against; False when no answer was extracted."""
+    """None when there is no gold to score against; False when no answer was extracted.
+
+    choice: same letter. numeric and text: two plain numbers (fractions, "\\frac{3}{4}", "50%")
+    compare as fractions within 1e-6; a prose gold compares as normalised text; any other
+    formula compares by value with math-verify, imported only then (without it: as strings)."""
     if gold is None:
         return None
     if answer is None:
         return False
     if answer_type == "choice":
         return answer.strip().upper() == gold.strip().upper()
+    a, g = _as_fraction(answer), _as_fraction(gold)
+    if a is not None and g is not None:
+        return abs(a - g) <= Fraction(1, 10**6) * max(1, abs(g))
+    if answer_type == "text" and not _is_math(gold):
+        return _norm_text(answer) == _norm_text(gold)
+    if _bare(answer) == _bare(gold):
+        return True
+    from .mathscore import same_math
+
+    same = same_math(answer, gold)
+    if same is not None:
+        return same
     if answer_type == "numeric":
-        a, g = _as_fraction(answer), _as_fraction(gold)
-        if a is not None and g is not None:
-            return abs(a - g) <= Fraction(1, 10**6) * max(1, abs(g))
         return answer.strip() == gold.strip()
     return _norm_text(answer) == _norm_text(gold)
