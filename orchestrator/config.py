@@ -181,7 +181,8 @@ class RunConfig(StrictModel):
                         "profile is given (PROFILE_ROUTER), else fixed")
     experts: list[ExpertId] | None = None
     k: int | None = Field(default=None, ge=1)
-    aggregator: str = "vote"
+    aggregator: str = Field(default="auto", description="auto: the method the profile's "
+                            "validation table found best (`orchestrator.methods`), else vote")
     executor: Literal["grouped", "naive"] = "grouped"
     batch_size: int = Field(default=16, ge=1, le=4096)
     seed: int = 0
@@ -218,10 +219,14 @@ class RunConfig(StrictModel):
         return validate_model(RunConfig, data, "command-line options")
 
     def resolved(self) -> RunConfig:
-        """The same preset with `router: auto` replaced by the router it stands for."""
-        if self.router != "auto":
-            return self
-        return self.model_copy(update={"router": PROFILE_ROUTER if self.profile else "fixed"})
+        """The same preset with `router: auto` replaced by the router it stands for, and
+        `aggregator: auto` (not decided by evidence: `orchestrator.methods`) by vote."""
+        update = {}
+        if self.router == "auto":
+            update["router"] = PROFILE_ROUTER if self.profile else "fixed"
+        if self.aggregator == "auto":
+            update["aggregator"] = "vote"
+        return self.model_copy(update=update) if update else self
 
     def effective_k(self) -> int:
         if self.k is not None:

@@ -31,6 +31,7 @@ class RunResult:
     k: int
     wall_s: float
     stage_s: dict[str, float] = field(default_factory=dict)  # annotate_s, route_s
+    method: dict[str, Any] | None = None  # which combination method ran and why (methods.py)
 
     @property
     def mean_k(self) -> float:
@@ -96,7 +97,8 @@ class Orchestrator:
         """`store`: a generation store (a `GenerationStore` or the path of one) that every
         generation is looked up in first and written to as batches finish; None: none."""
         self.pool = pool
-        self.config = (config or RunConfig()).resolved()
+        config = config or RunConfig()
+        self.config = config.resolved()
         specs = pool.specs()
         if dry_run:  # every expert answers from the fake backend: no model is loaded
             specs = {k: ExpertSpec(id=s.id, backend="fake", model=s.model,
@@ -118,6 +120,10 @@ class Orchestrator:
             from .profiling.profile import Profile
 
             self.profile = Profile.load(self.config.profile, pool.expert_ids)
+        from .methods import choose_method
+
+        self.method = choose_method(config, self.profile, pool)  # aggregator auto: by evidence
+        self.config = self.method.apply(config).resolved()
         self._embedder = None
         self._annotator = None
         executor = EXECUTORS[self.config.executor](
@@ -269,8 +275,14 @@ class Orchestrator:
             key: value for key, value in (("k", overrides.k), ("router", overrides.router),
                                           ("aggregator", overrides.aggregator))
             if value is not None})
+        method = self.method.record()
+        if overrides.aggregator:
+            method.update(method=overrides.aggregator, source="named",
+                          reason=f"named by the call (aggregator {overrides.aggregator})",
+                          warnings=[])
         return RunResult(out.answers, out.stats, config, self.pool,
-                         overrides.k or self.k, time.perf_counter() - start, dict(out.stage_s))
+                         overrides.k or self.k, time.perf_counter() - start, dict(out.stage_s),
+                         method)
 
     def run(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> list[Answer]:
         """Answers in input order."""

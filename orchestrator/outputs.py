@@ -150,6 +150,25 @@ def k_record(result: RunResult) -> dict[str, Any]:
     }
 
 
+def method_record(result: RunResult, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which combination method ran and why (`orchestrator.methods`), with a warning when the
+    run's routed accuracy is below the best single expert's on the same questions."""
+    if result.method is None:
+        return None
+    record = {**result.method, "warnings": list(result.method.get("warnings") or [])}
+    best = (evaluation or {}).get("best_single")
+    if best and evaluation.get("routed") is not None and evaluation["routed"] < best["accuracy"]:
+        diff = evaluation.get("routed_vs_best_single") or {}
+        ci = diff.get("ci")
+        record["warnings"].append(
+            f"this run's accuracy {100 * evaluation['routed']:.1f}% is below the single best "
+            f"expert {best['expert']} ({100 * best['accuracy']:.1f}%) on the same "
+            f"{evaluation['n']} questions"
+            + (f" (difference {100 * diff['difference']:+.1f} points, 95% interval "
+               f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}])" if ci else ""))
+    return record
+
+
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
@@ -164,6 +183,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "distinct_experts": result.distinct_experts,
         "router": result.config.router,
         "aggregator": result.config.aggregator,
+        "method": method_record(result, (extra or {}).get("evaluation")),
         "aggregated_by": _methods(result),
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "escalation": escalation_record(result),

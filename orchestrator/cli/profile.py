@@ -25,11 +25,18 @@ def profile(
     split: Annotated[Optional[str], typer.Option(help="Keep only questions tagged with this Symbolic-MoE split (e.g. train).")] = None,
     aggregators: Annotated[Optional[str], typer.Option(help="Comma-separated candidate fusion experts to rank on a synthetic aggregation benchmark.")] = None,
     aggregation_limit: Annotated[int, typer.Option(help="Items of the aggregation benchmark.")] = 50,
+    methods: Annotated[bool, typer.Option(help="Measure the combination methods a run could use (vote, plain vote, first, the single best expert, fuse) on the validation questions routed as the run would; `run --aggregator auto` uses the best.")] = True,
+    method_limit: Annotated[int, typer.Option(help="fuse methods: fuse at most this many validation questions per candidate (real generations).")] = 50,
+    k: Annotated[Optional[int], typer.Option("--k", help="Methods: experts per question of the run to measure for [default: the preset's].")] = None,
+    router: Annotated[Optional[str], typer.Option(help="Methods: the run's router [default: the preset's].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
 ) -> None:
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
     from ..benchmarks.readers import read_benchmark
+    from ..config import load_config
     from ..core import Orchestrator
+    from ..profiling.methods import MethodOptions, fusers_for
+    from ..routing.base import check_experts, check_k
     from ..skills import DEFAULT_VOCABULARY
     from ..skills.vocabulary import load_vocabulary
 
@@ -52,12 +59,16 @@ def profile(
                   f"({annotator} annotator)", markup=False)
         candidates = split_ids(aggregators)
         if candidates:
-            from ..routing.base import check_experts
-
             check_experts(candidates, orch.pool)  # before any generation
+        measure = None
+        if methods:  # the run's own settings (not the profile's fixed k=1 routing)
+            run_config = load_config(config).with_overrides(k=k, router=router)
+            check_k(run_config.effective_k(), orch.pool)
+            measure = MethodOptions(orch.pool, run_config,
+                                    fusers_for(orch.pool, run_config, candidates), method_limit)
         prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
-                             prior_strength=prior_strength, aggregators=candidates,
-                             aggregation_limit=aggregation_limit)
+                                  prior_strength=prior_strength, aggregators=candidates,
+                                  aggregation_limit=aggregation_limit, methods=measure)
     prof.meta.update({"data": str(data), "split": split, "limit": limit})
     path = prof.save(out_path)
     acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)
@@ -69,6 +80,22 @@ def profile(
                   "responses each): " + ", ".join(
                       f"{r['expert']} {100 * r['accuracy']:.1f}%" for r in ranked["ranking"]),
                   markup=False)
+    for line in methods_lines(prof.meta.get("methods")):
+        out.print(line, markup=False)
     out.print(f"profile: {len(prof.experts)} experts x {len(prof.skills)} skills on "
               f"{len(prof.val_ids)} questions -> {path} (+ {path.with_suffix('.npz').name})",
               markup=False)
+
+
+def methods_lines(record: dict | None) -> list[str]:
+    if not record:
+        return []
+    settings = record["settings"]
+    lines = [f"methods on {record['n']} validation questions, routed by {settings['router']} "
+             f"with k={settings['k']} (in-sample: the router was fitted on them):"]
+    for row in record["table"]:
+        ci = row.get("ci") or [0, 0]
+        mark = "  <- best" if row["method"] == record["best"]["method"] else ""
+        lines.append(f"  {row['method']:<32} {100 * row['accuracy']:6.2f}%  "
+                     f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]  n={row['n']}{mark}")
+    return lines

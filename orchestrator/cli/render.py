@@ -49,7 +49,15 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
         *([f"stages     annotate {summary['annotate_s']:.2f}s   route {summary['route_s']:.3f}s "
            f"({summary['route_qps']:,} questions/s)"] if summary.get("route_qps") else []),
         f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",
-    ] + evaluation_lines(summary.get("evaluation"))
+    ] + evaluation_lines(summary.get("evaluation")) + method_lines(summary.get("method"))
+
+
+def method_lines(method: dict[str, Any] | None) -> list[str]:
+    """The combination method that ran, why, and a WARN line per warning."""
+    if not method:
+        return []
+    return [f"method     {method['method']}: {method['reason']}",
+            *(f"WARN       {w}" for w in method.get("warnings") or [])]
 
 
 def evaluation_lines(ev: dict[str, Any] | None) -> list[str]:

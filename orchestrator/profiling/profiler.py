@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..generation import Generation, every_expert
 from ..types import Query
 from .aggregators import aggregation_items, rank_aggregators
+from .methods import MethodOptions, measure_methods
 from .profile import Profile
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,17 @@ log = logging.getLogger(__name__)
 def build_profile(generation: Generation, pool: str, queries: Sequence[Query], annotator,
                   embedder, *, vocabulary: Sequence[str] | None = None,
                   prior_strength: float = 10.0, aggregators: Sequence[str] | None = None,
-                  aggregation_limit: int | None = 50, seed: int = 0) -> Profile:
+                  aggregation_limit: int | None = 50, seed: int = 0,
+                  methods: MethodOptions | None = None) -> Profile:
     """`vocabulary` fixes the skill list (embedding annotator); without it the skills are the
     distinct annotations themselves (llm and field annotators). `aggregators`: candidate fusion
-    experts, ranked on a synthetic aggregation benchmark built from the validation outputs."""
+    experts, ranked on a synthetic aggregation benchmark built from the validation outputs.
+    `methods`: also measure the combination methods a run could use (`profiling.methods`;
+    stored as meta["methods"])."""
+    from ..workers.cache import CachingExecutor
+
+    # Every validation answer is kept, so measuring the methods re-generates none of them.
+    generation = generation.using(CachingExecutor(generation.executor))
     scored = [q for q in queries if q.gold is not None]
     if len(scored) < len(queries):
         raise ConfigError(f"{len(queries) - len(scored)} validation questions have no gold "
@@ -71,7 +79,7 @@ def build_profile(generation: Generation, pool: str, queries: Sequence[Query], a
                 "aggregation benchmark is empty; use more validation questions (drop --limit) "
                 "or skip --aggregators.")
         meta["aggregators"] = rank_aggregators(generation, items, list(aggregators))
-    return Profile(
+    profile = Profile(
         pool=pool,
         annotator={"name": annotator.name, **getattr(annotator, "describe", lambda: {})()},
         experts=experts, skills=skills, counts=counts, correct=right,
@@ -81,3 +89,8 @@ def build_profile(generation: Generation, pool: str, queries: Sequence[Query], a
         val_skills=val_skills, val_answers=codes, prior_strength=prior_strength,
         meta=meta,
     )
+    if methods is not None:
+        start = time.perf_counter()
+        meta["methods"] = measure_methods(generation, profile, queries, annotations, methods)
+        log.info("combination methods: %.1fs", time.perf_counter() - start)
+    return profile

@@ -52,6 +52,7 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
             lines += [f"Routed minus best single expert: {100 * diff['difference']:+.2f} points, "
                       f"95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}] ({diff['method']}): "
                       f"the routed system is {verdict} its best member on these questions.", ""]
+    lines += method_section(s.get("method"))
     lines += ["## Per expert", "", *expert_rows(run)]
     per_domain = domain_accuracy(run)
     if len(per_domain) > 2:  # "all" plus one domain says nothing new
@@ -72,6 +73,29 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
         for alt, rel in images:
             lines += [f"![{alt}]({rel})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def method_section(method: dict[str, Any] | None) -> list[str]:
+    """Which combination method ran and why, the validation table it was chosen from, and
+    the warnings (below the single best expert) in bold."""
+    if not method:
+        return []
+    lines = ["## Combination method", "", f"`{method['method']}`: {method['reason']}.", ""]
+    lines += [f"**Warning:** {w}." for w in method.get("warnings") or []]
+    if method.get("warnings"):
+        lines.append("")
+    val = method.get("validation")
+    if val and val.get("table"):
+        settings = val.get("settings") or {}
+        lines += [f"Measured by `orchestrate profile` on {val['n']} validation questions"
+                  + (f", routed by `{settings.get('router')}` with k={settings.get('k')}"
+                     if settings else "")
+                  + (" (in-sample: the router was fitted on the same questions)"
+                     if val.get("in_sample") else "") + ":", "",
+                  *table(["method", "questions", "accuracy"],
+                         [(r["method"] + (" (chosen)" if r["method"] == method["method"] else ""),
+                           r["n"], with_ci(r["accuracy"], r.get("ci"))) for r in val["table"]])]
+    return lines
 
 
 def with_ci(value: float | None, ci) -> str:
