@@ -42,11 +42,15 @@ $(VLLM_STAMP): $(VLLM_ENGINE) pyproject.toml
 # questions (once; cached in runs/), then route the 36 demo questions to 2 experts each and fuse.
 DEMO_PROFILE := runs/demo-profile.json
 
+# The profile is rebuilt when missing or when it predates the methods table (meta.methods:
+# the combination method `aggregator: auto` picks); --baselines scores every expert on the demo
+# questions too, so the summary compares the run with its best member.
 demo: $(STAMP)
-	@test -f $(DEMO_PROFILE) || $(VENV)/bin/orchestrate profile --pool pools/cpu-demo.yaml \
-		--data samples/validation.jsonl --out $(DEMO_PROFILE) --config configs/cpu-demo.yaml
+	@grep -qs '"methods"' $(DEMO_PROFILE) || $(VENV)/bin/orchestrate profile \
+		--pool pools/cpu-demo.yaml --data samples/validation.jsonl --out $(DEMO_PROFILE) \
+		--config configs/cpu-demo.yaml
 	$(VENV)/bin/orchestrate run samples/demo.jsonl --pool pools/cpu-demo.yaml \
-		--config configs/cpu-demo.yaml --profile $(DEMO_PROFILE) --out runs/demo
+		--config configs/cpu-demo.yaml --profile $(DEMO_PROFILE) --baselines --out runs/demo
 
 # Debian's chromium for the viewer's browser tests: installed when root (CI, containers);
 # elsewhere the script says how and the browser tests skip with that message.

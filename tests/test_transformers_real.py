@@ -69,8 +69,8 @@ def test_too_long_prompt_fails_alone(backend):
 
 
 def test_demo_path_on_three_questions(tmp_path):
-    """What `make demo` runs (profile on validation questions, route with it, generate, fuse),
-    on 3 questions with 8 new tokens."""
+    """What `make demo` runs (profile on validation questions with the methods table, route
+    with it, generate, combine by the best method), on 3 questions with 8 new tokens."""
     from typer.testing import CliRunner
 
     from orchestrator.cli.main import app
@@ -89,12 +89,24 @@ def test_demo_path_on_three_questions(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 3 and summary["errors"] == 0 and summary["router"] == "ensemble"
-    assert summary["aggregator"] == "fuse" and summary["mean_k"] == 2
-    assert all(row["loads"] == 1 for row in summary["experts"].values())  # aggregator included
-    routed = sum(row["calls"] for row in summary["experts"].values())
-    fused = 3 - summary["early_exits"]
-    assert routed == 3 * 2 + fused  # the aggregator's prompts ran through the same executor
+    assert summary["n"] == 3 and summary["errors"] == 0
+    # aggregator auto: the method that did best on the 3 validation questions, fuse by the
+    # pool's aggregator among those measured
+    method = summary["method"]
+    assert method["source"] == "evidence" and method["reason"].startswith("best on validation")
+    table = {r["method"]: r for r in method["validation"]["table"]}
+    assert table["fuse:smol-reasoner"]["n"] == 3
+    assert {"first", "vote", "vote-plain"} < set(table) and any(m.startswith("single:")
+                                                                for m in table)
+    assert all(row["loads"] == 1 for row in summary["experts"].values())
+    if method["method"].startswith("single:"):
+        assert summary["router"] == "fixed" and summary["mean_k"] == 1
+    else:
+        assert summary["router"] == "ensemble" and summary["mean_k"] == 2
+    if method["method"].startswith("fuse:"):
+        routed = sum(row["calls"] for row in summary["experts"].values())
+        fused = 3 - summary["early_exits"]
+        assert routed == 3 * 2 + fused  # the aggregator's prompts ran through the same executor
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert all(o["text"] for r in rows for o in r["outputs"])
     assert (out / "report.md").is_file()
