@@ -99,9 +99,14 @@ def choose_method(config: RunConfig, profile, pool: PoolConfig) -> MethodChoice:
                     key=lambda r: -(r["accuracy"] or 0.0))
     vs = ", ".join(f"{r['method']} {r['accuracy']:.2f}"
                    + (f" (on {r['n']})" if r["n"] != evidence["n"] else "") for r in others[:4])
-    return MethodChoice(best["method"], "evidence",
-                        f"best on validation: {best['accuracy']:.2f} vs {vs} "
-                        f"({evidence['n']} questions, in-sample)", evidence)
+    reason = (f"best on validation: {best['accuracy']:.2f} vs {vs} "
+              f"({evidence['n']} questions, in-sample)")
+    measured = evidence.get("settings") or {}
+    now = {"router": config.resolved().router, "k": config.effective_k()}
+    if measured and measured != now:
+        reason += (f"; measured with router {measured['router']}, k={measured['k']}, while this "
+                   f"run routes with {now['router']}, k={now['k']}")
+    return MethodChoice(best["method"], "evidence", reason, evidence)
 
 
 def _pct(value: float) -> str:

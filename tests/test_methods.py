@@ -124,6 +124,13 @@ def test_the_single_best_expert_as_a_method_sends_every_question_to_it(world, tm
     assert summary_record(result)["method"]["method"] == "single:histy"
 
 
+def test_the_reason_says_when_the_run_routes_unlike_the_measurement(world):
+    pool, path, _, _ = world
+    with orchestrator(pool, profile=str(path), **{**RUN, "k": 3}) as orch:
+        assert orch.method.reason.endswith("measured with router topk, k=2, while this run "
+                                           "routes with topk, k=3")
+
+
 def test_without_a_methods_table_the_default_stays_vote(tmp_path):
     _, pool = write_world(tmp_path)
     with Orchestrator.from_files(pool, router="fixed", k=3) as orch:
