@@ -18,7 +18,7 @@ from orchestrator.report.markdown import method_section
 from orchestrator.skills import FieldAnnotator
 
 from .conftest import write_pool
-from .routing_fixtures import orchestrator, queries, write_world
+from .routing_fixtures import BagOfWordsEmbedder, orchestrator, queries, write_world
 
 RUN = dict(router="topk", k=2, annotator="field")
 
@@ -138,3 +138,27 @@ def test_without_a_methods_table_the_default_stays_vote(tmp_path):
         result = orch.evaluate(queries()[:2])
     assert result.answers[0].aggregator == "vote"
     assert summary_record(result)["method"]["reason"].startswith("no validation evidence")
+
+
+def test_profile_cli_prints_the_methods_table_as_in_sample(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli.main import app
+
+    monkeypatch.setattr("orchestrator.skills.embedder.Embedder",
+                        lambda **_: BagOfWordsEmbedder())  # MiniLM is not what this tests
+
+    data, pool = write_world(tmp_path)
+    result = CliRunner().invoke(app, [
+        "profile", "--pool", str(pool), "--data", str(data), "--out", str(tmp_path / "p.json"),
+        "--annotator", "field", "--router", "topk", "--k", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert ("methods on 8 validation questions, routed by topk with k=2 (in-sample: the router "
+            "was fitted on them):") in result.output
+    assert "first" in result.output and "<- best" in result.output
+    assert "fuse" not in result.output  # no --aggregators and no pool aggregator: fuse skipped
+    result = CliRunner().invoke(app, [
+        "profile", "--pool", str(pool), "--data", str(data), "--out", str(tmp_path / "q.json"),
+        "--annotator", "field", "--no-methods", "--no-progress"])
+    assert result.exit_code == 0 and "methods on" not in result.output
+    assert "methods" not in json.loads((tmp_path / "q.json").read_text())["meta"]
