@@ -158,6 +158,19 @@ class Orchestrator:
         self._executor = executor
         self.generation.executor = executor
 
+    def interrupt(self) -> None:
+        """Stop generating after the batches now running (Ctrl-C): no new batch or round
+        starts; what did not run fails with an `interrupted`/`cancelled` error (never stored
+        as an answer), so `interrupted` tells a caller not to present the result as whole."""
+        self.pipeline.stopping.set()
+        cancel = getattr(self._executor, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.pipeline.stopping.is_set()
+
     @property
     def totals(self) -> ExecutionStats:
         """Every generation this orchestrator ran, over all calls."""
