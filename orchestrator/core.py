@@ -11,9 +11,9 @@ from typing import Any
 from .backends.base import BackendContext
 from .benchmarks.extract import extract_answer, is_correct
 from .benchmarks.prompts import messages_for
-from .benchmarks.readers import infer_answer_type
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .errors import ConfigError, UnknownNameError
+from .inputs import to_queries, to_query
 from .registry import AGGREGATORS, BACKENDS, ROUTERS
 from .routing.base import QueryFeatures, check_experts, check_k
 from .types import (
@@ -65,23 +65,7 @@ class RunResult:
 
 
 def as_query(item: Query | str | Mapping[str, Any], index: int) -> Query:
-    if isinstance(item, Query):
-        return item
-    if isinstance(item, str):
-        return Query(id=f"q{index}", question=item, answer_type=infer_answer_type(item, None, ()))
-    if isinstance(item, Mapping) and isinstance(item.get("question"), str):
-        options = tuple(item.get("options") or ())
-        gold = item.get("gold")
-        gold = None if gold is None else str(gold)
-        return Query(
-            id=str(item.get("id", f"q{index}")), question=item["question"], gold=gold,
-            options=options, domain=item.get("domain"),
-            answer_type=item.get("answer_type") or infer_answer_type(item["question"], gold, options),
-        )
-    raise ConfigError(
-        f"Question {index} is a {type(item).__name__}; pass a string, a Query, or a mapping "
-        "with a 'question' string."
-    )
+    return to_query(item, index)  # validated: orchestrator/inputs.py
 
 
 class Orchestrator:
@@ -103,13 +87,13 @@ class Orchestrator:
     ):
         self.pool = pool
         self.config = (config or RunConfig()).resolved()
-        specs = pool.specs()
+        specs = self.real_specs = pool.specs()  # check() validates these, in a dry run too
         if dry_run:  # every expert answers from the fake backend: no model is loaded
             specs = {k: ExpertSpec(id=s.id, backend="fake", model=s.model,
                                    system_prompt=s.system_prompt, max_tokens=s.max_tokens,
                                    temperature=s.temperature, top_p=s.top_p)
                      for k, s in specs.items()}
-        for spec in specs.values():
+        for spec in self.real_specs.values():
             if spec.backend not in BACKENDS and spec.backend not in (backends or {}):
                 raise UnknownNameError(
                     "backend", spec.backend, BACKENDS.names(),
@@ -161,8 +145,11 @@ class Orchestrator:
     def check(self) -> list[tuple[ExpertSpec, str]]:
         """Validate every expert's options and resolve its model, loading nothing."""
         rows = []
-        for spec in self.specs.values():
-            backend = self.backends.for_expert(spec)
+        checker = self.backends  # a dry run checks the real backends without keeping them
+        if self.real_specs is not self.specs:
+            checker = BackendSet(self.backends.context, self.backends.instances())
+        for spec in self.real_specs.values():
+            backend = checker.for_expert(spec)
             for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe")):
                 if getattr(spec, key) and not getattr(backend, capability, False):
                     raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
@@ -299,13 +286,7 @@ class Orchestrator:
         """Run the whole pipeline on a batch and keep the counters (what `orchestrate run`
         writes out)."""
         start = time.perf_counter()
-        queries = [as_query(q, i) for i, q in enumerate(questions)]
-        if not queries:
-            raise ConfigError("No questions were given; pass at least one.")
-        ids = [q.id for q in queries]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ConfigError(f"Question id '{dup}' appears twice in one batch; ids must be unique.")
+        queries = to_queries(questions)  # one bad item: a typed error before any work
         selections = self.route(queries)
         results, stats = self.executor.execute(self.requests_for(queries, selections))
         answers = self.combine(queries, selections, self.collect(queries, results), stats)

@@ -109,3 +109,13 @@ class ShuttingDownError(OrchestratorError):
 
     def __init__(self, name: str, detail: str = "it accepts no new requests"):
         super().__init__(f"The '{name}' batcher is shutting down: {detail}. Retry on another instance.")
+
+
+class OutputError(UserError):
+    """An output location cannot be used: a file where a folder is needed, not writable, or held
+    by another live run. Checked before any work starts."""
+
+
+class InvalidQuestionError(ConfigError):
+    """A question given to the SDK is malformed (empty, options as one string, an unknown
+    answer_type...); a ConfigError, as the SDK's earlier checks raised."""

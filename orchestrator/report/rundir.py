@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..evaluation import NO_DOMAIN
+from ..safeio import iter_lines, json_loads, read_text
 
 SUMMARY_KEYS = ("n", "accuracy", "k", "mean_k", "router", "aggregator", "pool", "experts")
 
@@ -56,7 +57,7 @@ def _read_sweep(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
     path = folder / "sweep.json"
     if not path.is_file() and "sweep" in summary:
         path = folder.parent / "sweep.json"
-    if not path.is_file():
+    if not path.is_file() or _older(path, folder / "summary.json"):
         return None
     sweep = _read_json(path)
     if not (isinstance(sweep, dict) and isinstance(sweep.get("rows"), list)):
@@ -64,14 +65,24 @@ def _read_sweep(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
     return sweep
 
 
+def _older(path: Path, than: Path) -> bool:
+    """A sweep.json written before this run's summary.json belongs to an earlier command run in
+    the same folder: the report leaves it out rather than mix two experiments."""
+    try:
+        return path.stat().st_mtime_ns < than.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path} is missing; a run folder holds results.jsonl and summary.json "
                         "from `orchestrate run --out DIR`.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); rerun the command that wrote it.") from None
+        return json.loads(read_text(path, "Run file"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{path} is not valid JSON ({getattr(exc, 'msg', 'nested too deeply')}); "
+                        "rerun the command that wrote it.") from None
 
 
 def _read_records(path: Path) -> tuple[dict[str, Any], ...]:
@@ -79,13 +90,10 @@ def _read_records(path: Path) -> tuple[dict[str, Any], ...]:
         raise UserError(f"{path} is missing; a run folder holds results.jsonl and summary.json "
                         "from `orchestrate run --out DIR`.")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in iter_lines(path, "Results file"):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
+        row = json_loads(line, f"{path}, line {number}")
         if not isinstance(row, dict) or "experts" not in row:
             raise UserError(f"{path}, line {number}: not a result record (no 'experts' field).")
         records.append(row)
