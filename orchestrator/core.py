@@ -13,7 +13,7 @@ from .benchmarks.extract import extract_answer, is_correct
 from .benchmarks.prompts import messages_for
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .errors import ConfigError, UnknownNameError
-from .inputs import to_queries, to_query
+from .inputs import check_configs, to_queries, to_query
 from .registry import AGGREGATORS, BACKENDS, ROUTERS
 from .routing.base import QueryFeatures, check_experts, check_k
 from .types import (
@@ -85,6 +85,7 @@ class Orchestrator:
         dry_run: bool = False,
         model_name: str = "orchestrator",
     ):
+        check_configs(pool, config)  # a path or a dict here is a ConfigError, not AttributeError
         self.pool = pool
         self.config = (config or RunConfig()).resolved()
         specs = self.real_specs = pool.specs()  # check() validates these, in a dry run too

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
 from .benchmarks.readers import infer_answer_type
-from .errors import InvalidQuestionError
+from .errors import ConfigError, InvalidQuestionError
 from .types import AnswerType, Query
 
 ANSWER_TYPES: tuple[str, ...] = get_args(AnswerType)
@@ -140,3 +140,18 @@ def _shown(value: Any) -> str:
     text = repr(value)
     text = text if len(text) <= 40 else text[:37] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def check_configs(pool: Any, config: Any) -> None:
+    """Orchestrator(pool, config) takes validated models; a path or a dict is a ConfigError
+    that says how to build one (`Orchestrator.from_files`, `load_pool`, `model_validate`)."""
+    from .config import PoolConfig, RunConfig
+
+    if not isinstance(pool, PoolConfig):
+        raise ConfigError(f"Orchestrator(pool=...) takes a PoolConfig; got {_shown(pool)}. Use "
+                          "Orchestrator.from_files(POOL_YAML) or load_pool(POOL_YAML) for a file, "
+                          "PoolConfig.model_validate(mapping) for a mapping.")
+    if config is not None and not isinstance(config, RunConfig):
+        raise ConfigError(f"Orchestrator(config=...) takes a RunConfig or None; got "
+                          f"{_shown(config)}. Use load_config(PRESET_YAML) or "
+                          "RunConfig.model_validate(mapping).")

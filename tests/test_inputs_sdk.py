@@ -50,6 +50,10 @@ def test_from_files_with_something_that_is_not_a_path_is_a_config_error(pool):
 def test_a_config_that_is_not_a_path_is_a_config_error(fake_pool):
     with pytest.raises(ConfigError, match="config must be the path"):
         Orchestrator.from_files(fake_pool(1), 123)
+    with pytest.raises(ConfigError, match="takes a PoolConfig; got str"):
+        Orchestrator(str(fake_pool(1)))
+    with pytest.raises(ConfigError, match="takes a RunConfig or None; got dict"):
+        Orchestrator(load_pool(fake_pool(1)), {"k": 1})
 
 
 @pytest.mark.parametrize("overrides, message", [
