@@ -69,9 +69,11 @@ def slow_pool(tmp_path):
 
 def test_a_lone_surrogate_fails_its_question_alone_and_every_output_is_written(tmp_path):
     bench = tmp_path / "sur.jsonl"
-    bench.write_text('{"id": "a", "question": "What is 1+1?", "gold": "2"}\n'
-                     '{"id": "b", "question": "bad \\ud800 here", "gold": "3"}\n'
-                     '{"id": "c", "question": "What is 3+3?", "gold": "6"}\n', encoding="ascii")
+    bench.write_text('{"id": "a", "question": "What is 1+1?", "gold": "2", "domain": "math"}\n'
+                     '{"id": "b", "question": "bad \\ud800 here", "gold": "3", '
+                     '"domain": "odd \\udc80"}\n'
+                     '{"id": "c", "question": "What is 3+3?", "gold": "6", "domain": "bio"}\n',
+                     encoding="ascii")
     out = tmp_path / "out"
     proc = orchestrate("run", bench, "--pool", CPU_POOL, "--dry-run", "--out", out,
                        "--no-progress")
@@ -81,7 +83,11 @@ def test_a_lone_surrogate_fails_its_question_alone_and_every_output_is_written(t
     errors = [o["error"] for r in rows for o in r["outputs"]]
     assert errors[0] is None and errors[2] is None and "surrogate" in errors[1]
     assert json.loads((out / "summary.json").read_text())["errors"] == 1
-    assert (out / "report.md").is_file() and not list(out.rglob(".*.tmp"))
+    assert rows[1]["domain"] == "odd \udc80"
+    # the report draws and writes the label too, spelled as its escape
+    assert "| odd \\udc80 |" in (out / "report.md").read_text()
+    assert (out / "report" / "accuracy_per_domain.png").is_file()
+    assert "warning" not in proc.stderr and not list(out.rglob(".*.tmp"))
 
 
 # -- --out checked before any work ---------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,9 @@ from ..errors import UserError
 from ..evaluation import NO_DOMAIN
 from ..safeio import iter_lines, json_loads, read_text
 
+# a JSON escape of a UTF-16 surrogate: json.loads turns a lone one into a str that no font, PNG
+# or UTF-8 file can hold
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 SUMMARY_KEYS = ("n", "accuracy", "k", "mean_k", "router", "aggregator", "pool", "experts")
 
 
@@ -41,7 +45,7 @@ def read_run_dir(path: str | Path) -> RunDir:
     if not folder.is_dir():
         raise UserError(f"Run folder '{folder}' does not exist; give the --out folder of "
                         "`orchestrate run` (it holds results.jsonl and summary.json).")
-    summary = _read_json(folder / "summary.json")
+    summary = displayable(_read_json(folder / "summary.json"))
     if not isinstance(summary, dict):
         raise UserError(f"{folder / 'summary.json'} is not a JSON object; rerun `orchestrate run`.")
     missing = [key for key in SUMMARY_KEYS if key not in summary]
@@ -63,6 +67,18 @@ def _read_sweep(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
     if not (isinstance(sweep, dict) and isinstance(sweep.get("rows"), list)):
         raise UserError(f"{path} has no 'rows' list; rerun `orchestrate sweep`.")
     return sweep
+
+
+def displayable(value: Any) -> Any:
+    """The same record with each lone surrogate spelled as its escape (`\\ud800`), so that the
+    report can draw and write every label; everything else is unchanged."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [displayable(v) for v in value]
+    if isinstance(value, dict):
+        return {displayable(k): displayable(v) for k, v in value.items()}
+    return value
 
 
 def _older(path: Path, than: Path) -> bool:
@@ -94,6 +110,8 @@ def _read_records(path: Path) -> tuple[dict[str, Any], ...]:
         if not line.strip():
             continue
         row = json_loads(line, f"{path}, line {number}")
+        if _SURROGATE_ESCAPE.search(line):
+            row = displayable(row)
         if not isinstance(row, dict) or "experts" not in row:
             raise UserError(f"{path}, line {number}: not a result record (no 'experts' field).")
         records.append(row)
