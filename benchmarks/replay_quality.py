@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.benchmarks.readers import read_benchmark  # noqa: E402
 from orchestrator.evaluation import all_expert_answers, reference_points  # noqa: E402
-from orchestrator.profiling import build_profile  # noqa: E402
 from orchestrator.profiling.profile import Profile  # noqa: E402
 from orchestrator.skills import DEFAULT_VOCABULARY, load_vocabulary  # noqa: E402
 
@@ -57,7 +56,7 @@ def profile_for(pool: Path, split: str | None = None) -> Path:
                    if any(t.get("split") == split for t in q.meta.get("symbolic_moe") or [])]
     start = time.perf_counter()
     with Orchestrator.from_files(pool, router="fixed", k=1, threads=2) as orch:
-        prof = build_profile(orch, queries, orch.annotator, orch.embedder,
+        prof = orch.build_profile(queries, orch.annotator, orch.embedder,
                              vocabulary=load_vocabulary(DEFAULT_VOCABULARY).skills)
     prof.meta.update({"data": "mmlu_pro_replay_profile.jsonl", "split": split})
     prof.save(path)

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backends.base import BackendContext
-from .benchmarks.extract import extract_answer, is_correct
-from .benchmarks.prompts import messages_for
 from .config import PoolConfig, RunConfig, load_config, load_pool
 from .errors import ConfigError, UnknownNameError
+from .generation import Generation
 from .inputs import check_configs, to_queries, to_query
-from .registry import AGGREGATORS, BACKENDS, ROUTERS
+from .pipeline import Overrides, Pipeline
+from .registry import BACKENDS
 from .routing.base import QueryFeatures, check_experts, check_k
-from .types import (
-    Answer,
-    ExpertOutput,
-    ExpertSpec,
-    GenerationRequest,
-    Query,
-    Sampling,
-    Selection,
-    Usage,
-)
+from .types import Answer, ExpertSpec, Query, Sampling, Selection
 from .workers import EXECUTORS, BackendSet, ExecutionStats, Residency
 
 
@@ -109,10 +100,8 @@ class Orchestrator:
             from .profiling.profile import Profile
 
             self.profile = Profile.load(self.config.profile, pool.expert_ids)
-        self.router = ROUTERS.get(self.config.router)(pool, self.config, profile=self.profile)
         self._embedder = None
         self._annotator = None
-        self.aggregator = AGGREGATORS.get(self.config.aggregator)(pool, self.config, self)
         self.executor = EXECUTORS[self.config.executor](
             self.residency, self.config.batch_size, progress
         )
@@ -120,10 +109,22 @@ class Orchestrator:
         check_k(self.k, pool)  # before any model loads
         if self.config.experts:
             check_experts(self.config.experts, pool)
-        self.totals = ExecutionStats()
+        gen = self.config.generation
+        self.generation = Generation(
+            specs, Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature,
+                            top_p=gen.top_p, seed=self.config.seed),
+            self.executor, self.config.aggregation, max_tokens_override=self.config.max_tokens)
+        self.pipeline = Pipeline(pool, self.config, self.generation, profile=self.profile,
+                                 featurizer=self.features)
+        self.router = self.pipeline.router()  # built now: a bad router fails before any load
+        self.aggregator = self.pipeline.aggregator()
         self.stage_s: dict[str, float] = {}
-        self._routers: dict[str, Any] = {}
         self.model_name = model_name
+
+    @property
+    def totals(self) -> ExecutionStats:
+        """Every generation this orchestrator ran, over all calls."""
+        return self.generation.totals
 
     @classmethod
     def from_files(
@@ -176,124 +177,59 @@ class Orchestrator:
             self._annotator = make_annotator(self)
         return self._annotator
 
-    def features(self, queries: Sequence[Query]) -> QueryFeatures:
+    def features(self, queries: Sequence[Query], router=None) -> QueryFeatures:
         """Skills (and, for instance-level routers, question embeddings) of a batch."""
         from .skills.vocabulary import map_keywords
 
+        router = router or self.router
         skills = self.annotator.annotate(queries)
         skill_ids = [()] * len(queries)
         if self.profile is not None:
             skill_ids = map_keywords(skills, self.profile.skills, self.embedder,
                                      self.profile.skill_emb)
         embeddings = None
-        if getattr(self.router, "needs_embeddings", False):
+        if getattr(router, "needs_embeddings", False):
             embeddings = self.embedder.encode([q.question for q in queries])
         return QueryFeatures(skills, skill_ids, embeddings)
 
-    def router_named(self, name: str):
-        """The configured router, or another one built once over the same pool and profile."""
-        name = self.config.model_copy(update={"router": name}).resolved().router
-        if name == self.config.router:
-            return self.router
-        if name not in self._routers:
-            config = self.config.model_copy(update={"router": name})
-            self._routers[name] = ROUTERS.get(name)(self.pool, config, profile=self.profile)
-        return self._routers[name]
+    def build_profile(self, queries: Sequence[Query], annotator=None, embedder=None,
+                      **options: Any):
+        """A skill profile of this pool on validation `queries` (see `profiling.build_profile`;
+        `options`: vocabulary, prior_strength, aggregators, aggregation_limit)."""
+        from .profiling import build_profile
+
+        return build_profile(self.generation, self.pool.name, queries,
+                             annotator or self.annotator, embedder or self.embedder,
+                             seed=self.config.seed, **options)
 
     def route_with(self, queries: Sequence[Query], router: str, k: int) -> list[Selection]:
         """Route with a named router and k (the server's per-request `router` and `k`)."""
-        check_k(k, self.pool)
-        chosen = self.router_named(router)
-        features = self.features(queries) if chosen.needs_profile else None
-        return chosen.select(queries, k, features)
+        return self.pipeline.route(queries, router, k)[0]
 
     def route(self, queries: Sequence[Query]) -> list[Selection]:
         """Each query's experts; `stage_s` keeps the seconds of annotation and routing."""
-        start = time.perf_counter()
-        features = self.features(queries) if self.router.needs_profile else None
-        mid = time.perf_counter()
-        selections = self.router.select(queries, self.k, features)
-        self.stage_s = {"annotate_s": mid - start, "route_s": time.perf_counter() - mid}
+        selections, self.stage_s = self.pipeline.route(queries)
         return selections
 
     # -- the pipeline -----------------------------------------------------------------------
 
-    def sampling_for(self, spec: ExpertSpec) -> Sampling:
-        gen = self.config.generation
-        return Sampling(
-            max_tokens=self.config.max_tokens or spec.max_tokens or gen.max_tokens,
-            temperature=gen.temperature if spec.temperature is None else spec.temperature,
-            top_p=gen.top_p if spec.top_p is None else spec.top_p,
-            seed=self.config.seed,
-        )
-
-    def requests_for(
-        self, queries: Sequence[Query], selections: Sequence[Selection],
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> list[GenerationRequest]:
-        """One request per (query, selected expert). `overrides` maps a query id to sampling
-        fields (max_tokens, temperature, top_p, seed) that replace the expert's own."""
-        requests = []
-        for query, selection in zip(queries, selections):
-            changes = (overrides or {}).get(query.id) or {}
-            for expert_id in selection.experts:
-                spec = self.specs[expert_id]
-                sampling = self.sampling_for(spec)
-                if changes:
-                    sampling = replace(sampling, **changes)
-                requests.append(GenerationRequest(
-                    expert=expert_id, messages=messages_for(query, spec.system_prompt),
-                    sampling=sampling, query_id=query.id, index=len(requests),
-                    question=query.question,
-                ))
-        return requests
-
-    def collect(self, queries: Sequence[Query], results) -> list[list[ExpertOutput]]:
-        """Each query's expert outputs (answers extracted), in selection order."""
-        outputs: list[list[ExpertOutput]] = [[] for _ in queries]
-        position = {q.id: i for i, q in enumerate(queries)}
-        for res in results:
-            query = queries[position[res.request.query_id]]
-            answer = (extract_answer(res.text, query.answer_type, query.options)
-                      if res.error is None else None)
-            outputs[position[query.id]].append(ExpertOutput(
-                res.request.expert, res.text, answer, res.error, res.tokens_in, res.tokens_out,
-            ))
-        return outputs
-
-    def combine(self, queries: Sequence[Query], selections: Sequence[Selection],
-                outputs: Sequence[Sequence[ExpertOutput]], stats: ExecutionStats,
-                aggregator=None) -> list[Answer]:
-        """Aggregate and score; generations the aggregator runs (fuse) are added to `stats`."""
-        aggregator = aggregator or self.aggregator
-        aggregator.stats = None
-        aggregates = aggregator.aggregate(queries, outputs, selections)
-        if aggregator.stats is not None:
-            stats.merge(aggregator.stats)
-        answers = []
-        for query, selection, outs, agg in zip(queries, selections, outputs, aggregates):
-            usage = Usage(len(outs), sum(o.tokens_in for o in outs), sum(o.tokens_out for o in outs))
-            extra = agg.detail.get("usage")
-            if extra:  # the aggregator's own tokens for this query
-                usage = usage + Usage(1, extra["tokens_in"], extra["tokens_out"])
-            answers.append(Answer(
-                query=query, selection=selection, outputs=tuple(outs),
-                final_answer=agg.answer, correct=is_correct(agg.answer, query.gold, query.answer_type),
-                aggregator=agg.method, usage=usage, detail=agg.detail,
-            ))
-        return answers
-
-    def evaluate(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> RunResult:
-        """Run the whole pipeline on a batch and keep the counters (what `orchestrate run`
-        writes out)."""
+    def evaluate(self, questions: Iterable[Query | str | Mapping[str, Any]],
+                 overrides: Overrides | None = None, *, pipeline: Pipeline | None = None
+                 ) -> RunResult:
+        """Run the whole pipeline on a batch of tasks and keep the counters (what `orchestrate
+        run` writes out). `overrides` (k, router, aggregator, sampling) apply to this call
+        only; `pipeline` runs it over another executor (`sweep`'s cache)."""
         start = time.perf_counter()
         queries = to_queries(questions)  # one bad item: a typed error before any work
-        selections = self.route(queries)
-        results, stats = self.executor.execute(self.requests_for(queries, selections))
-        answers = self.combine(queries, selections, self.collect(queries, results), stats)
-        self.totals.merge(stats)
-        return RunResult(answers, stats, self.config, self.pool, self.k,
-                         time.perf_counter() - start, dict(self.stage_s))
+        overrides = overrides or Overrides()
+        out = (pipeline or self.pipeline).answer(queries, overrides)
+        self.stage_s = {k: out.stage_s[k] for k in ("annotate_s", "route_s")}
+        config = self.config.model_copy(update={
+            key: value for key, value in (("k", overrides.k), ("router", overrides.router),
+                                          ("aggregator", overrides.aggregator))
+            if value is not None})
+        return RunResult(out.answers, out.stats, config, self.pool,
+                         overrides.k or self.k, time.perf_counter() - start, dict(out.stage_s))
 
     def run(self, questions: Iterable[Query | str | Mapping[str, Any]]) -> list[Answer]:
         """Answers in input order."""
@@ -301,16 +237,15 @@ class Orchestrator:
 
     # -- chat ---------------------------------------------------------------------------------
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any):
-        """An OpenAI-style chat completion from the pool (`model` defaults to the mixture;
-        `k`, `router`, `temperature`, `top_p`, `max_tokens`, `seed` are optional). Returns a
-        `ChatCompletion` (`.content`, `.to_openai()`); raises the request's typed error."""
-        from .chat import MIXTURE_MODEL, complete_batch
+    def chat(self, messages: Sequence[Mapping[str, Any]] | str, **params: Any):
+        """A chat reply from the pool: `messages` as OpenAI sends them (or one user string);
+        `model` (default: the mixture; an expert id asks that expert alone), `k`, `router`,
+        `aggregator`, `mode` ("chat" or "task"), `max_tokens`, `temperature`, `top_p`,
+        `seed`, `stop` are optional. Returns a typed `ChatResult`; raises the request's typed
+        error (InvalidRequestError names the parameter)."""
+        from .chat import chat_call, complete_calls
 
-        body = {"model": self.model_name if params.get("model") in (None, MIXTURE_MODEL)
-                else params["model"], **{k: v for k, v in params.items() if k != "model"},
-                "messages": list(messages)}
-        (result,) = complete_batch(self, [body])
+        (result,) = complete_calls(self, [chat_call(messages, **params)])
         if isinstance(result, Exception):
             raise result
         return result

@@ -9,39 +9,35 @@ from collections.abc import Sequence
 import numpy as np
 
 from .aggregation.vote import majority
-from .benchmarks.extract import extract_answer, is_correct
-from .types import Answer, Query, Selection
+from .benchmarks.extract import is_correct
+from .generation import Generation, every_expert
+from .types import Answer, Query
 
 NO_DOMAIN = "(none)"  # the domain of questions that have none
 
 
-def all_expert_answers(orch, queries: Sequence[Query]) -> tuple[list[str], np.ndarray, list]:
+def all_expert_answers(generation: Generation, queries: Sequence[Query]
+                       ) -> tuple[list[str], np.ndarray, list]:
     """(expert ids, [n, E] correctness, [n][E] extracted answers) with every expert on every
-    question, through the orchestrator's executor (grouped by expert)."""
-    experts = list(orch.specs)
-    sel = [Selection(q.id, tuple(experts), tuple(1.0 for _ in experts)) for q in queries]
-    results, stats = orch.executor.execute(orch.requests_for(queries, sel))
-    orch.totals.merge(stats)
-    row = {q.id: i for i, q in enumerate(queries)}
+    question, in one grouped execution."""
+    experts = list(generation.specs)
     col = {e: j for j, e in enumerate(experts)}
     correct = np.zeros((len(queries), len(experts)), dtype=bool)
     answers: list[list[str | None]] = [[None] * len(experts) for _ in queries]
-    for res in results:
-        i, j = row[res.request.query_id], col[res.request.expert]
-        q = queries[i]
-        if res.error is None:
-            a = extract_answer(res.text, q.answer_type, q.options)
-            answers[i][j] = a
-            correct[i, j] = bool(is_correct(a, q.gold, q.answer_type))
+    for i, (q, outs) in enumerate(zip(queries, every_expert(generation, queries, experts))):
+        for out in outs:
+            if out.error is None:
+                answers[i][col[out.expert]] = out.answer
+                correct[i, col[out.expert]] = bool(is_correct(out.answer, q.gold, q.answer_type))
     return experts, correct, answers
 
 
-def baselines(orch, queries: Sequence[Query], routed: Sequence[Answer]) -> dict:
+def baselines(generation: Generation, queries: Sequence[Query], routed: Sequence[Answer]) -> dict:
     scored = [i for i, q in enumerate(queries) if q.gold is not None]
     if not scored:
         return {}
     scored_queries = [queries[i] for i in scored]
-    experts, correct, answers = all_expert_answers(orch, scored_queries)
+    experts, correct, answers = all_expert_answers(generation, scored_queries)
     refs = reference_points(scored_queries, experts, correct, answers)
     routed_ok = np.array([bool(routed[i].correct) for i in scored])
     best = experts.index(refs["best_single"]["expert"])
@@ -88,6 +84,6 @@ def per_domain(domains: Sequence[str | None], routed: np.ndarray, correct: np.nd
     return table
 
 
-def free_to_evaluate(orch) -> bool:
+def free_to_evaluate(generation: Generation) -> bool:
     """Every expert answers from recordings or scripts: running all of them costs nothing."""
-    return all(s.backend in ("replay", "fake") for s in orch.specs.values())
+    return all(s.backend in ("replay", "fake") for s in generation.specs.values())

@@ -66,7 +66,7 @@ def answer_record(answer: Answer) -> dict[str, Any]:
         "question": q.question,
         "gold": q.gold,
         "domain": q.domain,
-        "skills": list(answer.selection.evidence.get("skills", [])),
+        "skills": list(answer.selection.skills),
         "experts": list(answer.selection.experts),
         "scores": list(answer.selection.scores),
         "outputs": [

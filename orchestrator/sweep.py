@@ -1,6 +1,7 @@
-"""The k sweep: the same questions at several k on one Orchestrator, every expert output
-generated once (a CachingExecutor in front of the executor: at k=3 the answers of the k=2
-experts are reused), then accuracy against expert calls.
+"""The k sweep: the same questions at several k through the one pipeline (`Overrides(k=...)` per
+call, nothing mutated), every expert output generated once (the pipeline runs over a
+CachingExecutor in front of the orchestrator's executor: at k=3 the answers of the k=2 experts
+are reused), then accuracy against expert calls.
 
 Outputs: DIR/k{K}/results.jsonl + summary.json per k, and DIR/sweep.json
 (`{"bench", "pool", "router", "rows": [...]}`), DIR/sweep.md and DIR/sweep.png.
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .config import PoolConfig, RunConfig
 from .errors import RoutingError, UserError
 from .outputs import atomic_save_figure, atomic_write_text, check_answered, write_run
+from .pipeline import Overrides
 from .routing.base import check_k
 from .types import Query
 from .workers.cache import CachingExecutor
@@ -58,15 +59,12 @@ def run_sweep(orch, queries: Sequence[Query], ks: Sequence[int],
     """One row per k, in the order given. With `out_dir`, each k's results.jsonl and
     summary.json are written to out_dir/k{K}/ as soon as that k is done."""
     check_ks(ks, orch.pool, orch.config)
-    if not isinstance(orch.executor, CachingExecutor):
-        orch.executor = CachingExecutor(orch.executor)
-    cache = orch.executor
+    cache = CachingExecutor(orch.executor)
+    pipeline = orch.pipeline.using(cache)  # every (expert, prompt) generated once over all k
     rows = []
     for k in ks:
-        orch.k = k
         before = cache.misses
-        result = orch.evaluate(queries)
-        result = replace(result, config=result.config.model_copy(update={"k": k}))
+        result = orch.evaluate(queries, Overrides(k=k), pipeline=pipeline)
         check_answered(result, f"k={k}: ")
         outputs = [o for a in result.answers for o in a.outputs]
         acc = result.accuracy

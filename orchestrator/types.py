@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 AnswerType = Literal["choice", "numeric", "text"]
 
@@ -21,6 +21,27 @@ class Query:
     domain: str | None = None
     answer_type: AnswerType = "text"
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat as the client sent it: system/developer, user and assistant turns in order.
+    Routing reads the last user turn; experts receive the messages through their chat
+    template; aggregation treats the replies as free text (no answer extraction, no vote)."""
+
+    id: str
+    messages: tuple[Message, ...]
+
+    @property
+    def last_user(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    def routing_query(self) -> Query:
+        """The task a router sees: the last user turn as a free-text question."""
+        return Query(id=self.id, question=self.last_user, answer_type="text")
+
+
+Work = Union[Query, "Conversation"]  # a task (benchmark question) or a conversation
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
 
     @property
     def greedy(self) -> bool:
@@ -54,7 +76,7 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Message:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
@@ -80,6 +102,7 @@ class GenerationResult:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None  # "length": cut by max_tokens
 
     @property
     def ok(self) -> bool:
@@ -94,6 +117,10 @@ class Selection:
     experts: tuple[str, ...]
     scores: tuple[float, ...]
     evidence: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    router: str = ""
+    skills: tuple[str, ...] = ()
+    success: Mapping[str, float] = field(default_factory=dict, compare=False)  # estimated p(right)
+    vote_order: bool = False  # the order was tuned for a plain vote (weighting would undo it)
 
 
 @dataclass(frozen=True)
@@ -104,15 +131,23 @@ class ExpertOutput:
     error: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
 class Aggregate:
-    """An aggregator's decision for one query."""
+    """An aggregator's decision for one work item. `text` is the reply a user reads (the fused
+    response, or the chosen expert's), `source` the expert who wrote it, `usage` the tokens the
+    aggregator itself generated, `finish_reason` that of `text`. `detail` is for reports only:
+    no stage reads it."""
 
     answer: str | None
     method: str
     detail: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    text: str | None = None
+    source: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +166,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class Answer:
-    """The final result for one query."""
+    """The final result for one work item (`query` is the task, or a conversation's routing
+    query; `work` the item itself). `text` is the reply, `finish_reason` its finish reason."""
 
     query: Query
     selection: Selection
@@ -141,3 +177,6 @@ class Answer:
     aggregator: str
     usage: Usage = Usage()
     detail: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the aggregator's
+    text: str = ""
+    finish_reason: str | None = None
+    work: Any = field(default=None, compare=False)

@@ -67,7 +67,7 @@ def test_llm_annotator_keeps_short_keywords_seen_in_two_samples(tmp_path):
 
 
 def test_llm_annotator_prompt_and_parsing():
-    annotator = LLMAnnotator(executor=None, expert_id="x", samples=5)
+    annotator = LLMAnnotator(generation=None, expert_id="x", samples=5)
     reqs = annotator.requests(QUESTIONS)
     assert len(reqs) == 10 and len({r.sampling.seed for r in reqs}) == 5
     assert "2 to 5 short keywords" in reqs[0].messages[0].content

@@ -1,5 +1,5 @@
-"""The chat SDK (`Orchestrator.chat`, `achat`, `complete_batch`): what the server will
-serialise, on the fake backend."""
+"""The chat SDK (`Orchestrator.chat`, `achat`, `complete_calls`): conversations and tasks
+through the one pipeline, on the fake backend (whose `history` records what each expert got)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import asyncio
 
 import pytest
 
-from orchestrator.chat import (
-    ChatCompletion,
-    InvalidRequestError,
-    UnknownModelError,
-    complete_batch,
-    parse_chat_request,
-)
+from orchestrator.chat import ChatCall, ChatResult, InvalidRequestError, UnknownModelError, complete_calls
 from orchestrator.core import Orchestrator
 from orchestrator.errors import BackendError
+from orchestrator.types import Message
 
 from .conftest import write_pool
 
@@ -25,7 +20,8 @@ USER = [{"role": "user", "content": "What is 6 times 7?"}]
 @pytest.fixture
 def pool(tmp_path):
     return write_pool(tmp_path / "pool.yaml", [
-        {"id": "a", "backend": "fake", "options": {"default": "<think>41?</think>The answer is 42"}},
+        {"id": "a", "backend": "fake", "system_prompt": "You are expert A.",
+         "options": {"default": "<think>41?</think>The answer is 42"}},
         {"id": "b", "backend": "fake", "options": {"default": "I believe the answer is 41"}},
         {"id": "c", "backend": "fake", "options": {"default": "So the answer is 42",
                                                      "fail": ["explode"]}},
@@ -33,18 +29,59 @@ def pool(tmp_path):
     ], resident_limit=4)
 
 
-def test_mixture_answer_with_the_orchestrator_object(pool):
+def sent_to(orch, expert: str):
+    return [r for r in orch.backends.get("fake").history if r.expert == expert]
+
+
+def test_task_mode_answers_like_a_benchmark_question(pool):
     with Orchestrator.from_files(pool, k=3) as orch:
-        reply = orch.chat(USER)
-    body = reply.to_openai()
-    assert body["object"] == "chat.completion" and body["model"] == "orchestrator"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "The answer is 42"}
-    info = body["orchestrator"]
-    assert [e["id"] for e in info["experts"]] == ["a", "b", "c"]
+        reply = orch.chat(USER, mode="task")
+    assert isinstance(reply, ChatResult) and reply.id.startswith("chatcmpl-")
+    assert reply.content == "The answer is 42" and reply.answer == "42"
+    info = reply.info
+    assert info["mode"] == "task" and [e["id"] for e in info["experts"]] == ["a", "b", "c"]
     assert [e["answer"] for e in info["experts"]] == ["42", "41", "42"]
     assert info["aggregator"] == "vote" and info["early_exit"] is False
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + \
-        body["usage"]["completion_tokens"] > 0
+    assert reply.total_tokens == reply.prompt_tokens + reply.completion_tokens > 0
+    assert reply.usage_exact and reply.finish_reason == "stop"
+
+
+def test_a_conversation_reaches_each_expert_as_messages(pool):
+    messages = [{"role": "system", "content": "Answer in French."},
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "I have 6 boxes of 7 apples."},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": [{"type": "text", "text": "How many "},
+                                             {"type": "text", "text": "apples?"}]}]
+    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"]) as orch:
+        reply = orch.chat(messages)
+        got_a, got_b = sent_to(orch, "a")[-1], sent_to(orch, "b")[-1]
+    # the expert's own system prompt first, then the client's system and developer messages
+    assert got_a.messages[0] == Message("system", "You are expert A.\n\nAnswer in French."
+                                                  "\n\nBe brief.")
+    assert got_b.messages[0] == Message("system", "Answer in French.\n\nBe brief.")
+    assert [m.role for m in got_a.messages[1:]] == ["user", "assistant", "user"]
+    assert got_a.messages[-1].content == "How many apples?"  # no benchmark template
+    assert "The answer is" not in "".join(m.content for m in got_a.messages)
+    assert got_a.question == "How many apples?"  # routing reads the last user turn
+    # chat mode never votes: the best-routed expert's reply, reasoning stripped
+    assert reply.info["mode"] == "chat" and reply.info["aggregator"] == "first"
+    assert reply.content == "The answer is 42" and reply.answer is None
+
+
+def test_fuse_writes_one_free_text_reply_for_a_conversation(pool):
+    haiku = [{"role": "system", "content": "You write poems."},
+             {"role": "user", "content": "Write a haiku about rain"}]
+    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"], aggregator="fuse",
+                                 aggregator_expert="agg") as orch:
+        reply = orch.chat(haiku)
+        fusion = sent_to(orch, "agg")[-1]
+    system, user = fusion.messages[0].content, fusion.messages[-1]
+    assert "synthesize these responses" in system and "You write poems." in system
+    assert "answer format" not in system and "The answer is" not in user.content
+    assert user == Message("user", "Write a haiku about rain")
+    assert reply.content == "Fusing: the answer is 42" and reply.info["aggregator"] == "fuse"
+    assert reply.answer is None
 
 
 def test_an_expert_by_name_answers_alone(pool):
@@ -54,15 +91,30 @@ def test_an_expert_by_name_answers_alone(pool):
         assert [e["id"] for e in reply.info["experts"]] == ["b"]
 
 
+def test_stop_and_max_tokens_reach_the_backend_and_finish_reason(pool):
+    with Orchestrator.from_files(pool, router="fixed", experts=["b"]) as orch:
+        stopped = orch.chat(USER, stop=["answer"], seed=5)
+        cut = orch.chat(USER, max_tokens=2)
+        whole = orch.chat(USER, max_tokens=50)
+        seeds = {r.sampling.seed for r in sent_to(orch, "b")}
+    assert stopped.content == "I believe the" and stopped.finish_reason == "stop"
+    assert cut.content == "I believe" and cut.finish_reason == "length"
+    assert cut.info["experts"][0]["finish_reason"] == "length"
+    assert whole.finish_reason == "stop" and 5 in seeds
+
+
 @pytest.mark.parametrize("params, error, param", [
-    ({"k": 9}, InvalidRequestError, "k"),
-    ({"k": 0}, InvalidRequestError, "k"),
     ({"model": "gpt-5"}, UnknownModelError, "model"),
+    ({"k": 9}, InvalidRequestError, "k"),
     ({"temperature": 9}, InvalidRequestError, "temperature"),
     ({"top_p": 0}, InvalidRequestError, "top_p"),
     ({"max_tokens": 0}, InvalidRequestError, "max_tokens"),
-    ({"n": 2}, InvalidRequestError, "n"),
+    ({"seed": 2**63}, InvalidRequestError, "seed"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, InvalidRequestError, "stop"),
     ({"router": "smart"}, InvalidRequestError, "router"),
+    ({"aggregator": "magic"}, InvalidRequestError, "aggregator"),
+    ({"mode": "essay"}, InvalidRequestError, "mode"),
+    ({"logprobs": True}, InvalidRequestError, "logprobs"),
 ])
 def test_bad_requests_name_the_parameter(pool, params, error, param):
     with Orchestrator.from_files(pool, k=2) as orch, pytest.raises(error) as info:
@@ -70,33 +122,36 @@ def test_bad_requests_name_the_parameter(pool, params, error, param):
     assert info.value.param == param and len(str(info.value)) < 300
 
 
-def test_bodies_that_are_not_requests():
-    with pytest.raises(InvalidRequestError, match="must be a JSON object, not list"):
-        parse_chat_request([1, 2])
-    with pytest.raises(InvalidRequestError, match="no user message"):
-        parse_chat_request({"messages": [{"role": "system", "content": "be nice"}]})
-    with pytest.raises(InvalidRequestError) as info:
-        parse_chat_request({"messages": []})
-    assert info.value.param == "messages"
-    assert len(str(UnknownModelError("x" * 500, ["orchestrator"]))) < 200
+def test_bad_messages(pool):
+    with Orchestrator.from_files(pool, k=2) as orch:
+        with pytest.raises(InvalidRequestError, match="no user message") as info:
+            orch.chat([{"role": "system", "content": "be nice"}])
+        assert info.value.param == "messages"
+        with pytest.raises(InvalidRequestError) as info:
+            orch.chat([{"role": "wizard", "content": "hi"}, *USER])
+        assert info.value.param == "messages.0.role"
+        with pytest.raises(InvalidRequestError) as info:
+            orch.chat([])
+        assert info.value.param == "messages"
 
 
-def test_a_batch_of_requests_is_one_grouped_execution(pool):
+def test_a_batch_of_calls_is_one_grouped_execution(pool):
     with Orchestrator.from_files(pool, k=2) as orch:
         calls = []
         inner = orch.executor.execute
         orch.executor.execute = lambda reqs: calls.append(len(reqs)) or inner(reqs)
-        bodies = [{"messages": USER, "temperature": 0.3, "max_tokens": 5},
-                  {"messages": USER, "model": "c"},
-                  {"messages": USER, "k": 9},
-                  {"messages": [{"role": "user", "content": "What is 2+2?"}], "router": "random",
-                   "seed": 7}]
-        out = complete_batch(orch, bodies)
+        user = (Message("user", "What is 6 times 7?"),)
+        out = complete_calls(orch, [
+            ChatCall(user, temperature=0.3, max_tokens=5),
+            ChatCall(user, model="c"),
+            ChatCall(user, k=9),
+            ChatCall((Message("user", "What is 2+2?"),), router="random", seed=7),
+        ])
         history = orch.backends.get("fake").history
     assert calls == [2 + 1 + 2]  # one execution for every generation of the batch
-    assert isinstance(out[0], ChatCompletion) and isinstance(out[1], ChatCompletion)
+    assert isinstance(out[0], ChatResult) and isinstance(out[1], ChatResult)
     assert isinstance(out[2], InvalidRequestError) and out[2].param == "k"
-    assert isinstance(out[3], ChatCompletion) and out[3].info["router"] == "random"
+    assert isinstance(out[3], ChatResult) and out[3].info["router"] == "random"
     first = [r for r in history if r.question == "What is 6 times 7?" and r.expert != "c"]
     assert {(r.sampling.temperature, r.sampling.max_tokens) for r in first} == {(0.3, 5)}
     assert {r.sampling.seed for r in history if r.question == "What is 2+2?"} == {7}
@@ -113,43 +168,33 @@ def test_a_failing_expert_degrades_the_answer_or_fails_it(pool):
         orch.chat(boom)
 
 
-def test_fused_reply_and_early_exit(pool):
+def test_fused_task_reply_and_early_exit(pool):
     with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"], aggregator="fuse",
                                  aggregator_expert="agg") as orch:
-        reply = orch.chat(USER)
+        reply = orch.chat(USER, mode="task")
     assert reply.content == "Fusing: the answer is 42" and reply.info["aggregator"] == "fuse"
+    assert reply.answer == "42"
     with Orchestrator.from_files(pool, router="fixed", experts=["a", "c"], aggregator="fuse",
                                  aggregator_expert="agg",
                                  aggregation={"early_exit": True}) as orch:
-        reply = orch.chat(USER)
+        reply = orch.chat(USER, mode="task")
     assert reply.info["early_exit"] is True and reply.info["aggregator"] == "fuse"
     assert reply.content == "The answer is 42"
 
 
-def test_conversation_history_reaches_the_experts(pool):
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "I have 6 boxes of 7 apples."},
-                {"role": "assistant", "content": "Noted."},
-                {"role": "user", "content": [{"type": "text", "text": "How many apples?"}]}]
-    request = parse_chat_request({"messages": messages})
-    assert request.question == "How many apples?"
-    assert request.prompt_text().startswith("Conversation so far:\nuser: I have 6 boxes")
-    assert request.prompt_text().endswith("Current question: How many apples?")
+def test_per_call_overrides_leave_the_orchestrator_unchanged(pool):
+    with Orchestrator.from_files(pool, k=1) as orch:
+        reply = orch.chat(USER, k=3, router="random", aggregator="fuse")
+        assert reply.info["k"] == 3 and reply.info["router"] == "random"
+        assert orch.k == 1 and orch.config.router == "fixed" and orch.config.aggregator == "vote"
 
 
-def test_stream_chunks_and_achat(pool):
+def test_achat(pool):
     async def main():
         with Orchestrator.from_files(pool, k=3) as orch:
-            return await orch.achat(USER)
+            return await orch.achat(USER, mode="task")
 
-    reply = asyncio.run(main())
-    chunks = list(reply.chunks(piece_chars=4))
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    assert text == reply.content
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["usage"] == reply.usage() and "orchestrator" in chunks[-1]
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == reply.id for c in chunks)
+    assert asyncio.run(main()).answer == "42"
 
 
 def test_a_prompt_too_long_for_every_expert_is_a_context_length_error(tmp_path):

@@ -48,8 +48,9 @@ def one_error(proc, code: int = 2) -> str:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
+    """Until `path` exists and holds something (a lock file is created, then filled)."""
     end = time.monotonic() + seconds
-    while not path.exists():
+    while not (path.exists() and path.stat().st_size):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < end, f"{path} never appeared"
         time.sleep(0.05)

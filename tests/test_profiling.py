@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError, UnknownNameError
-from orchestrator.profiling import build_profile
 from orchestrator.profiling.profile import Profile
 from orchestrator.skills import FieldAnnotator
 
@@ -20,7 +19,7 @@ from .routing_fixtures import orchestrator, queries, write_world
 def world(tmp_path):
     _, pool = write_world(tmp_path)
     with orchestrator(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     return profile, pool
 
 
@@ -96,7 +95,7 @@ def test_profile_needs_gold_answers(tmp_path):
     _, pool = write_world(tmp_path)
     with orchestrator(pool, router="fixed", k=1) as orch, \
             pytest.raises(ConfigError, match="1 validation questions have no gold"):
-        build_profile(orch, [Query("math-0", "Add 2 and 3", None)], FieldAnnotator(),
+        orch.build_profile([Query("math-0", "Add 2 and 3", None)], FieldAnnotator(),
                       orch.embedder)
 
 
@@ -129,7 +128,7 @@ def test_profile_ranks_candidate_aggregators(tmp_path):
         {"id": "agg-bad", "backend": "fake", "options": {"default": "The answer is 1"}},
     ], resident_limit=5, name="mixed")
     with orchestrator(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder,
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder,
                                 aggregators=["agg-bad", "agg-good"])
         loads = dict(orch.backends.get("fake").load_counts)
     ranked = profile.meta["aggregators"]

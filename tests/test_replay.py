@@ -158,8 +158,9 @@ def test_generation_cache_keeps_questions_of_one_text_apart(tmp_path):
     queries = [Query("t-1", "Same words?", "1", answer_type="numeric"),
                Query("t-2", "Same words?", "2", answer_type="numeric")]
     with Orchestrator.from_files(pool, router="fixed", experts=["m"]) as orch:
-        orch.executor = CachingExecutor(orch.executor)
-        first = orch.run(queries)
-        again = orch.run(queries)
+        cache = CachingExecutor(orch.executor)
+        pipeline = orch.pipeline.using(cache)
+        first = orch.evaluate(queries, pipeline=pipeline).answers
+        again = orch.evaluate(queries, pipeline=pipeline).answers
     assert [a.final_answer for a in first] == ["1", "2"] == [a.final_answer for a in again]
-    assert orch.executor.misses == 2 and orch.executor.hits == 2
+    assert cache.misses == 2 and cache.hits == 2

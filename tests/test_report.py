@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from orchestrator.cli.main import app
 from orchestrator.evaluation import baselines, per_domain
 from orchestrator.outputs import write_run
-from orchestrator.profiling import build_profile
 from orchestrator.report import read_run_dir, write_report
 from orchestrator.report import writer as report_writer
 from orchestrator.report.stats import expert_usage
@@ -54,12 +53,12 @@ def skill_run(tmp_path):
     """The topk router on a field-annotated profile, so every record carries skills."""
     _, pool = write_world(tmp_path)
     with orchestrator(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     path = str(profile.save(tmp_path / "world-profile.json"))
     with orchestrator(pool, router="topk", profile=path, annotator="field", k=2) as orch:
         qs = queries()
         result = orch.evaluate(qs)
-        extra = {"evaluation": baselines(orch, qs, result.answers)}
+        extra = {"evaluation": baselines(orch.generation, qs, result.answers)}
     out = tmp_path / "skills-run"
     write_run(out, result, extra)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.profiling import build_profile
 from orchestrator.routing.base import QueryFeatures
 from orchestrator.routing.policy import Policy, choose, choose_subset
 from orchestrator.skills import FieldAnnotator
@@ -23,7 +22,7 @@ NEW = [Query("n-math", "Multiply the sum of the numbers 9 and 9 by a number", "1
 def world(tmp_path):
     _, pool = write_world(tmp_path)
     with orchestrator(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     path = profile.save(tmp_path / "world-profile.json")
     return pool, str(path)
 
@@ -42,7 +41,7 @@ def test_profile_routers_send_each_question_to_its_specialist(world, router, sec
     # meh (1 right) beats mathy (0 right)
     assert math.experts == ("mathy", "meh") and hist.experts == ("histy", second)
     assert math.scores[0] > math.scores[1]
-    assert math.evidence["skills"] == ["math"]
+    assert math.skills == ("math",) and math.router == router
 
 
 def test_knn_reads_the_text_not_the_domain_field(world):

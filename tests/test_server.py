@@ -277,7 +277,7 @@ def test_unexpected_exception_is_a_generic_500(srv, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("secret detail in /home/someone/private/file.py")
 
-    monkeypatch.setattr(srv.orch, "collect", broken)
+    monkeypatch.setattr(srv.orch.pipeline, "collect", broken)
     monkeypatch.setattr(logging.getLogger("orchestrator"), "propagate", True)  # after CLI tests
     with caplog.at_level("ERROR", logger="orchestrator"):
         response = srv.post("/v1/chat/completions", {"messages": USER}, KEY)

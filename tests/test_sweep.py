@@ -39,13 +39,13 @@ def test_sweep_generates_each_expert_prompt_once(fake_pool, sample_jsonl, tmp_pa
     with Orchestrator(load_pool(fake_pool(3)), RunConfig(router="fixed", k=3)) as orch:
         rows = run_sweep(orch, queries, [1, 2, 3], tmp_path / "sweep")
         history = orch.backends.get("fake").history
-        cache = orch.executor
     # the fixed router's experts at k=3 (e0, e1, e2) include those of k=1 and k=2
     pairs = {(r.expert, r.query_id) for r in history}
     assert len(history) == len(pairs) == 3 * n  # not 1n + 2n + 3n
     assert [r["calls"] for r in rows] == [n, 2 * n, 3 * n]
     assert [r["generated"] for r in rows] == [n, n, n]
-    assert (cache.misses, cache.hits) == (3 * n, 3 * n)
+    assert sum(r["calls"] - r["generated"] for r in rows) == 3 * n  # reused from the cache
+    assert orch.k == 3 and orch.config.k == 3  # the sweep mutated nothing
     assert all(tuple(r) == ROW_KEYS for r in rows)
     assert [(r["mean_k"], r["distinct_experts"]) for r in rows] == [(1, 1), (2, 2), (3, 3)]
     for k in (1, 2, 3):
@@ -162,20 +162,19 @@ def test_named_experts_of_the_fixed_router_have_one_k(fake_pool, sample_jsonl, t
 
 
 def test_sweep_with_a_profile_router_on_replay(tmp_path):
-    from orchestrator.profiling import build_profile
     from orchestrator.skills import FieldAnnotator
 
     from .routing_fixtures import orchestrator, queries, write_world
 
     _, pool = write_world(tmp_path)
     with orchestrator(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     path = str(profile.save(tmp_path / "world-profile.json"))
     qs = queries()
     cfg = dict(router="topk", profile=path, annotator="field")
     with orchestrator(pool, k=1, **cfg) as orch:
         rows = run_sweep(orch, qs, [1, 2, 3], tmp_path / "s")
-        generated = orch.executor.misses
+        generated = sum(s.calls for s in orch.totals.experts.values())
     used = {(o["expert"], r["id"]) for k in (1, 2, 3)
             for r in read_jsonl(tmp_path / "s" / f"k{k}" / "results.jsonl") for o in r["outputs"]}
     assert generated == sum(r["generated"] for r in rows) == len(used) == 3 * len(qs)

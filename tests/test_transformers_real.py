@@ -99,3 +99,44 @@ def test_demo_path_on_three_questions(tmp_path):
     assert all(o["text"] for r in rows for o in r["outputs"])
     assert (out / "report.md").is_file()
     assert "accuracy" in result.output and "report" in result.output
+
+
+def test_stop_strings_and_finish_reasons(backend):
+    free = Sampling(max_tokens=24, temperature=0.0)
+    (plain,) = backend.generate([req("Count from one to ten in words.", 0, free)])
+    assert plain.error is None and plain.finish_reason in ("stop", "length")
+    words = plain.text.split()
+    assert len(words) > 3
+    stop = words[2]  # a word in the middle of the greedy continuation
+    stopped_sampling = Sampling(max_tokens=24, temperature=0.0, stop=(stop,))
+    (stopped,) = backend.generate([req("Count from one to ten in words.", 0, stopped_sampling)])
+    assert stop not in stopped.text and plain.text.startswith(stopped.text.strip())
+    assert stopped.finish_reason == "stop" and stopped.tokens_out < plain.tokens_out
+    (cut,) = backend.generate([req("Tell me a long story about a dragon.", 0,
+                                   Sampling(max_tokens=3, temperature=0.0))])
+    assert cut.finish_reason == "length" and cut.tokens_out == 3
+
+
+def test_a_conversation_through_the_pipeline_keeps_the_system_prompt(tmp_path):
+    """The SDK's chat on the real model: the client's system prompt and the turns reach the
+    expert through its chat template, and the reply carries no benchmark answer line."""
+    from orchestrator.core import Orchestrator
+
+    from .conftest import write_pool
+
+    pool = write_pool(tmp_path / "pool.yaml", [
+        {"id": "smol", "backend": "transformers", "model": SMOL,
+         "system_prompt": "You are a helpful poet."}])
+    with Orchestrator.from_files(pool, threads=2) as orch:
+        backend = orch.backends.get("transformers")
+        seen = []
+        original = backend._render
+        backend._render = lambda tok, r: seen.append(original(tok, r)) or seen[-1]
+        reply = orch.chat([{"role": "system", "content": "Answer in one short line."},
+                           {"role": "user", "content": "Write a haiku about rain"}],
+                          max_tokens=16)
+    (prompt,) = seen
+    assert "You are a helpful poet.\n\nAnswer in one short line." in prompt
+    assert "Write a haiku about rain" in prompt and "The answer is" not in prompt
+    assert reply.content and reply.finish_reason in ("stop", "length")
+    assert reply.completion_tokens <= 16 and reply.usage_exact

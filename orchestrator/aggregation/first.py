@@ -1,21 +1,31 @@
-"""`first`: the answer of the first expert (in selection order) that produced one."""
+"""`first`: the reply of the first expert (in selection order, i.e. the best routed) that
+answered. For a task, the first that stated a readable answer; for a conversation, the first
+that replied at all."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..types import Aggregate, ExpertOutput, Query, Selection
+from ..types import Aggregate, Conversation, ExpertOutput, Selection, Work
+from ..workers.stats import ExecutionStats
 from .base import AggregatorBase
 
 
 class FirstAggregator(AggregatorBase):
     name = "first"
 
-    def combine(self, queries: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
-                selections: Sequence[Selection | None]) -> list[Aggregate]:
+    def combine(self, items: Sequence[Work], outputs: Sequence[Sequence[ExpertOutput]],
+                selections: Sequence[Selection | None], stats: ExecutionStats
+                ) -> list[Aggregate]:
         result = []
-        for outs in outputs:
-            pick = next((o for o in outs if o.error is None and o.answer is not None), None)
-            detail = {"from": pick.expert} if pick else {}
-            result.append(Aggregate(pick.answer if pick else None, self.name, detail))
+        for item, outs in zip(items, outputs):
+            chat = isinstance(item, Conversation)
+            pick = next((o for o in outs if o.error is None and (chat or o.answer is not None)),
+                        None)
+            if pick is None:
+                result.append(Aggregate(None, self.name, {}))
+                continue
+            result.append(Aggregate(pick.answer, self.name, {"from": pick.expert},
+                                    text=pick.text, source=pick.expert,
+                                    finish_reason=pick.finish_reason))
         return result

@@ -2,14 +2,14 @@
 answers do not vote.
 
 Weights come from the profile: the experts' estimated success on the query's skills, which
-profile routers put in `selection.evidence["success"]`. With `aggregation.weighting`:
+profile routers put in `selection.success`. With `aggregation.weighting`:
   log-odds (default)  w = log(p / (1 - p)) + log(L - 1), L the number of options (10 without
                       options): the optimal weighted majority for independent experts whose
                       wrong answers spread over the L - 1 other options, floored at 0.
   linear              w = p
   none                w = 1 (plain majority)
   auto                log-odds, except for selections whose order the router already tuned
-                      for a plain vote (`ensemble`: evidence "vote_order"), which weighting
+                      for a plain vote (`ensemble`: `selection.vote_order`), which weighting
                       would undo (measured: -1.0 point on the 13-model replay pool)
 Without estimates every weight is 1, so it is the plain majority. The answer with the largest
 total weight wins; ties go to the answer backed by the heaviest single expert, then to the
@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ..errors import ConfigError
 from ..types import Aggregate, ExpertOutput, Query, Selection
-from .base import AggregatorBase
+from ..workers.stats import ExecutionStats
+from .base import AggregatorBase, spoken_by
 
 
 def majority(answers: Sequence[str | None],
@@ -57,26 +59,29 @@ class VoteAggregator(AggregatorBase):
 
     def weights(self, query: Query, outs: Sequence[ExpertOutput],
                 selection: Selection | None) -> list[float]:
-        success: Mapping[str, float] = (selection.evidence.get("success") or {}) if selection else {}
+        success: Mapping[str, float] = selection.success if selection else {}
         mode = self.config.aggregation.weighting
         if mode == "auto":
-            mode = "none" if selection is not None and selection.evidence.get("vote_order") \
-                else "log-odds"
+            mode = "none" if selection is not None and selection.vote_order else "log-odds"
         if not success or mode == "none":
             return [1.0] * len(outs)
         n_options = len(query.options) or 10
         return [expert_weight(success[o.expert], n_options, mode) if o.expert in success else 1.0
                 for o in outs]
 
-    def combine(self, queries: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
-                selections: Sequence[Selection | None]) -> list[Aggregate]:
+    def combine(self, items: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
+                selections: Sequence[Selection | None], stats: ExecutionStats | None = None
+                ) -> list[Aggregate]:
         result = []
-        for query, outs, selection in zip(queries, outputs, selections):
+        for query, outs, selection in zip(items, outputs, selections):
+            if not isinstance(query, Query):
+                raise ConfigError("The vote aggregator compares extracted answers, which a "
+                                  "conversation has none of; use fuse or first.")
             answers = [o.answer if o.error is None else None for o in outs]
             weights = self.weights(query, outs, selection)
             winner, totals = majority(answers, weights)
             agree = len(totals) == 1 and all(a is not None for a in answers)
-            result.append(Aggregate(winner, self.name, {
+            result.append(spoken_by(outs, winner, self.name, {
                 "votes": {a: round(w, 4) for a, w in totals.items()},
                 "weights": [round(w, 4) for w in weights], "unanimous": agree,
             }))

@@ -108,5 +108,12 @@ class BaseBackend:
             self.release(expert_id)
 
 
+def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` cut before the earliest stop string (OpenAI: the stop string is not returned),
+    and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
 def failed(request: GenerationRequest, message: str) -> GenerationResult:
     return GenerationResult(request=request, error=message)

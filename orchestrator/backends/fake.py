@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ..errors import BackendError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed
 
 HISTORY_LIMIT = 10_000
 
@@ -100,9 +100,12 @@ class FakeBackend(BaseBackend):
             text = next((t for s, t in opts.script.items() if s in prompt), None)
             if text is None:
                 text = opts.default or pseudo_answer(expert.id, prompt)
-        words = text.split()[: request.sampling.max_tokens]
-        text = " ".join(words) if len(words) < len(text.split()) else text
+        text, stopped = apply_stop(text, request.sampling.stop)
+        words = text.split()[: request.sampling.max_tokens]  # a word is a token here
+        cut = len(words) < len(text.split())
+        text = " ".join(words) if cut else text
         if opts.token_s:
             time.sleep(opts.token_s * len(words))
-        return GenerationResult(request, text, tokens_in=len(prompt.split()),
-                                tokens_out=len(words))
+        return GenerationResult(
+            request, text, tokens_in=len(prompt.split()), tokens_out=len(words),
+            finish_reason="length" if cut and not stopped else "stop")

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -135,6 +135,7 @@ class OpenAIHTTPBackend(BaseBackend):
             "temperature": request.sampling.temperature,
             "top_p": request.sampling.top_p,
             "seed": request.sampling.seed,
+            **({"stop": list(request.sampling.stop)} if request.sampling.stop else {}),
             **opts.extra_body,
         }
         attempt = 0
@@ -194,7 +195,9 @@ def _parse(request: GenerationRequest, resp) -> GenerationResult:
     if not isinstance(text, str):
         raise ValueError(f"choices[0].message.content is a {type(text).__name__}, not a string")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    text, _ = apply_stop(text, request.sampling.stop)  # a server that ignores `stop`
     return GenerationResult(
         request, text.strip(), int(usage.get("prompt_tokens") or 0),
         int(usage.get("completion_tokens") or 0),
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
     )

@@ -31,7 +31,7 @@ from pydantic import field_validator
 from ..errors import BenchmarkFormatError, ConfigError, ModelNotFoundError
 from ..safeio import iter_lines, json_loads
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed
 
 NO_ANSWER = "I could not reach a final answer."
 _OPTIONS_ARE = re.compile(r"\s*\b(?:the\s+)?options\s+are\s*:?\s*\(A\)\s.*$", re.I | re.S)
@@ -231,7 +231,8 @@ class ReplayBackend(BaseBackend):
                 row = recording.find(request.query_id, request.question)
                 if row is not None:
                     text = answer_text(recording.answers[model][row])
-                    results.append(GenerationResult(request, text))
+                    text, _ = apply_stop(text, request.sampling.stop)
+                    results.append(GenerationResult(request, text, finish_reason="stop"))
                     break
             else:
                 files = ", ".join(p.name for p in paths)

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import BackendError, UserError
 from ..modelref import describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed
 from .folders import find_folder
 from .prompting import render_prompt, warn_prompt_mismatch
 
@@ -312,11 +312,16 @@ class TransformersBackend(BaseBackend):
                 if isinstance(item, Exception):
                     results[i] = failed(requests[i], f"generation failed: {item}")
                 else:
-                    text, n_in, n_out = item
-                    results[i] = GenerationResult(requests[i], text, n_in, n_out)
+                    text, n_in, n_out, finish = item
+                    results[i] = GenerationResult(requests[i], text, n_in, n_out,
+                                                  finish_reason=finish)
         return results
 
-    def _run_batch(self, loaded: _Loaded, texts: list[str], sampling) -> list[tuple[str, int, int]]:
+    def _run_batch(self, loaded: _Loaded, texts: list[str], sampling
+                   ) -> list[tuple[str, int, int, str]]:
+        """(text, prompt tokens, new tokens, finish reason) per prompt. Stop strings end
+        generation early (transformers' `stop_strings`) and are cut from the text; "length"
+        means max_tokens ran out before an end-of-sequence token or a stop string."""
         import torch
 
         tok = loaded.tokenizer
@@ -329,6 +334,8 @@ class TransformersBackend(BaseBackend):
             torch.manual_seed(sampling.seed)
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=0)
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=tok)
         start = time.perf_counter()
         with torch.inference_mode(), _selected(loaded):
             out = loaded.model.generate(**enc, **kwargs)
@@ -338,9 +345,12 @@ class TransformersBackend(BaseBackend):
         stops = _stop_ids(tok, loaded.model)
         items = []
         for row, mask in zip(gen.tolist(), enc["attention_mask"]):
-            n_out = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
-            text = tok.decode(row[:n_out], skip_special_tokens=True).strip()
-            items.append((text, int(mask.sum()), n_out))
+            ended = next((j + 1 for j, t in enumerate(row) if t in stops), None)
+            n_out = ended or len(row)
+            text, stopped = apply_stop(tok.decode(row[:n_out], skip_special_tokens=True),
+                                       sampling.stop)
+            cut = ended is None and not stopped and n_out >= sampling.max_tokens
+            items.append((text.strip(), int(mask.sum()), n_out, "length" if cut else "stop"))
         report = BatchReport(
             loaded.spec.id, len(texts), sum(i[1] for i in items), sum(i[2] for i in items), seconds
         )

@@ -32,7 +32,6 @@ def profile(
     from ..core import Orchestrator
     from ..errors import OutputError
     from ..outlock import claim_output
-    from ..profiling import build_profile
     from ..skills import DEFAULT_VOCABULARY, FieldAnnotator
     from ..skills.vocabulary import load_vocabulary
 
@@ -65,9 +64,9 @@ def profile(
                 from ..routing.base import check_experts
 
                 check_experts(candidates, orch.pool)  # before any generation
-            prof = build_profile(orch, queries, orch.annotator, orch.embedder, vocabulary=vocab,
-                                 prior_strength=prior_strength, aggregators=candidates,
-                                 aggregation_limit=aggregation_limit)
+            prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
+                                      prior_strength=prior_strength, aggregators=candidates,
+                                      aggregation_limit=aggregation_limit)
         prof.meta.update({"data": str(data), "split": split, "limit": limit})
         path = prof.save(out_path)
     acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)

@@ -37,11 +37,13 @@ def route(
         seconds = time.perf_counter() - start
     for q, sel in zip(queries, selections):
         if as_json:
-            out.print(json.dumps({"id": q.id, "experts": sel.experts, "scores": sel.scores,
-                                  "evidence": sel.evidence}, default=str), markup=False)
+            out.print(json.dumps({"id": q.id, "router": sel.router, "skills": sel.skills,
+                                  "experts": sel.experts, "scores": sel.scores,
+                                  "success": dict(sel.success), "evidence": sel.evidence},
+                                 default=str), markup=False)
             continue
         out.print(f"[bold]{q.id}[/]  {q.question[:90]!r}")
-        skills = sel.evidence.get("skills")
+        skills = sel.skills
         if skills:
             out.print(f"  skills:  {', '.join(skills)}", markup=False)
         for e, s in zip(sel.experts, sel.scores):

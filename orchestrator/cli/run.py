@@ -70,8 +70,8 @@ def run(
                       markup=False)
             result = orch.evaluate(queries)
             extra = {"benchmark": str(bench), "dry_run": dry_run}
-            if baselines or (baselines is None and free_to_evaluate(orch)):
-                extra["evaluation"] = evaluate_baselines(orch, queries, result.answers)
+            if baselines or (baselines is None and free_to_evaluate(orch.generation)):
+                extra["evaluation"] = evaluate_baselines(orch.generation, queries, result.answers)
         check_answered(result)
         summary = write_run(out_dir, result, extra)
         report = report_after_run(out_dir)  # warns on a failed plot, never fails the run

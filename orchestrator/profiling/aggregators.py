@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..aggregation.fuse import fusion_requests
 from ..benchmarks.extract import extract_answer, is_correct
-from ..routing.base import check_experts
+from ..errors import UnknownNameError
+from ..generation import Generation
 from ..types import ExpertOutput, Query
 
 
@@ -42,17 +43,20 @@ def aggregation_items(queries: Sequence[Query], outputs: Sequence[Sequence[Exper
     return items
 
 
-def rank_aggregators(orch, items: Sequence[AggregationItem], candidates: Sequence[str]) -> dict:
+def rank_aggregators(generation: Generation, items: Sequence[AggregationItem],
+                     candidates: Sequence[str]) -> dict:
     """Every candidate fuses every item; all prompts run in one grouped execution (each
     candidate loads once). Returns {"n_items", "ranking": [{expert, accuracy, correct}]}."""
-    check_experts(list(candidates), orch.pool)
+    unknown = [c for c in candidates if c not in generation.specs]
+    if unknown or len(set(candidates)) != len(candidates):
+        raise UnknownNameError("aggregator candidate", (unknown or list(candidates))[0],
+                               list(generation.specs))
     queries = [item.query for item in items]
     responses = [[o.text for o in item.responses] for item in items]
     requests = []
     for expert in candidates:
-        requests += fusion_requests(orch, expert, queries, responses, len(requests))
-    results, stats = orch.executor.execute(requests)
-    orch.totals.merge(stats)
+        requests += fusion_requests(generation, expert, queries, responses, len(requests))
+    results, _ = generation.execute(requests)
     correct = dict.fromkeys(candidates, 0)
     by_id = {item.query.id: item.query for item in items}
     for res in results:

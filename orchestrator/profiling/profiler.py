@@ -10,19 +10,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..benchmarks.extract import extract_answer, is_correct
+from ..benchmarks.extract import is_correct
 from ..errors import ConfigError
-from ..types import ExpertOutput, Query, Selection
+from ..generation import Generation, every_expert
+from ..types import Query
 from .aggregators import aggregation_items, rank_aggregators
 from .profile import Profile
 
 log = logging.getLogger(__name__)
 
 
-def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
-                  vocabulary: Sequence[str] | None = None, prior_strength: float = 10.0,
-                  aggregators: Sequence[str] | None = None, aggregation_limit: int | None = 50
-                  ) -> Profile:
+def build_profile(generation: Generation, pool: str, queries: Sequence[Query], annotator,
+                  embedder, *, vocabulary: Sequence[str] | None = None,
+                  prior_strength: float = 10.0, aggregators: Sequence[str] | None = None,
+                  aggregation_limit: int | None = 50, seed: int = 0) -> Profile:
     """`vocabulary` fixes the skill list (embedding annotator); without it the skills are the
     distinct annotations themselves (llm and field annotators). `aggregators`: candidate fusion
     experts, ranked on a synthetic aggregation benchmark built from the validation outputs."""
@@ -30,30 +31,25 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
     if len(scored) < len(queries):
         raise ConfigError(f"{len(queries) - len(scored)} validation questions have no gold "
                           "answer; a profile needs gold answers for every question.")
-    experts = list(orch.specs)
+    experts = list(generation.specs)
     start = time.perf_counter()
-    selections = [Selection(q.id, tuple(experts), tuple(1.0 for _ in experts)) for q in queries]
-    results, stats = orch.executor.execute(orch.requests_for(queries, selections))
-    orch.totals.merge(stats)
+    outputs = every_expert(generation, queries, experts)  # [n_q][n_e], expert order
     n_q, n_e = len(queries), len(experts)
     answered = np.zeros((n_q, n_e), dtype=bool)
     correct = np.zeros((n_q, n_e), dtype=bool)
     codes = np.zeros((n_q, n_e), dtype=np.int16)  # 0 no answer, 1 the gold, 2+ other answers
-    seen: list[dict[str, int]] = [{} for _ in queries]
-    outputs: list[list[ExpertOutput]] = [[] for _ in queries]
     col = {e: j for j, e in enumerate(experts)}
-    row = {q.id: i for i, q in enumerate(queries)}
-    for res in results:
-        i, j = row[res.request.query_id], col[res.request.expert]
-        if res.error is not None:
-            continue
-        q = queries[i]
-        answered[i, j] = True
-        answer = extract_answer(res.text, q.answer_type, q.options)
-        correct[i, j] = bool(is_correct(answer, q.gold, q.answer_type))
-        if answer is not None:
-            codes[i, j] = 1 if correct[i, j] else seen[i].setdefault(answer, len(seen[i]) + 2)
-        outputs[i].append(ExpertOutput(res.request.expert, res.text, answer))
+    for i, (q, outs) in enumerate(zip(queries, outputs)):
+        seen: dict[str, int] = {}
+        for out in outs:
+            if out.error is not None:
+                continue
+            j = col[out.expert]
+            answered[i, j] = True
+            correct[i, j] = bool(is_correct(out.answer, q.gold, q.answer_type))
+            if out.answer is not None:
+                codes[i, j] = 1 if correct[i, j] else seen.setdefault(out.answer, len(seen) + 2)
+    outputs = [[o for o in outs if o.error is None] for outs in outputs]
     log.info("validation answers: %.1fs", time.perf_counter() - start)
 
     annotations = annotator.annotate(queries)
@@ -68,15 +64,15 @@ def build_profile(orch, queries: Sequence[Query], annotator, embedder, *,
     right = (correct & answered).T.astype(np.int32) @ member
     meta = {"errors": int((~answered).sum()), "embedder": embedder.key}
     if aggregators:
-        items = aggregation_items(queries, outputs, aggregation_limit, seed=orch.config.seed)
+        items = aggregation_items(queries, outputs, aggregation_limit, seed=seed)
         if not items:
             raise ConfigError(
                 "No validation question has one right and two wrong expert answers, so the "
                 "aggregation benchmark is empty; use more validation questions (drop --limit) "
                 "or skip --aggregators.")
-        meta["aggregators"] = rank_aggregators(orch, items, list(aggregators))
+        meta["aggregators"] = rank_aggregators(generation, items, list(aggregators))
     return Profile(
-        pool=orch.pool.name,
+        pool=pool,
         annotator={"name": annotator.name, **getattr(annotator, "describe", lambda: {})()},
         experts=experts, skills=skills, counts=counts, correct=right,
         n=answered.sum(0).astype(np.int32), n_correct=(correct & answered).sum(0).astype(np.int32),

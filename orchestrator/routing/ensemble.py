@@ -114,11 +114,12 @@ class EnsembleRouter(RouterBase):
             out.append(Selection(
                 q.id, tuple(experts[j] for j in chosen),
                 tuple(round(float(per_expert[i, j]), 4) for j in chosen),
-                {"router": self.name, "skills": list(features.skills[i]),
-                 "success": {experts[j]: round(float(per_expert[i, j]), 4) for j in chosen},
-                 "profile": {experts[j]: self.graph.evidence(features.skill_ids[i], experts[j])
+                {"profile": {experts[j]: self.graph.evidence(features.skill_ids[i], experts[j])
                              for j in chosen},
-                 "ensemble_estimate": round(float(est[i, best[i]]), 4), "vote_order": True,
+                 "ensemble_estimate": round(float(est[i, best[i]]), 4),
                  "single_best_ensemble": round(float(table[-1].max()), 4)},
+                router=self.name, skills=tuple(features.skills[i]),
+                success={experts[j]: round(float(per_expert[i, j]), 4) for j in chosen},
+                vote_order=True,
             ))
         return out

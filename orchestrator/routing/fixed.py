@@ -28,5 +28,4 @@ class FixedRouter(RouterBase):
     def select(self, queries: Sequence[Query], k: int, features=None) -> list[Selection]:
         chosen = self.experts_for(k)
         scores = tuple(1.0 for _ in chosen)
-        evidence = {"router": "fixed"}
-        return [Selection(q.id, chosen, scores, evidence) for q in queries]
+        return [Selection(q.id, chosen, scores, router=self.name) for q in queries]

@@ -53,9 +53,9 @@ class KnnRouter(RouterBase):
         out = []
         for i, q in enumerate(queries):
             ids = tuple(experts[j] for j in chosen[i])
-            out.append(Selection(q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]), {
-                "router": self.name, "skills": list(features.skills[i]),
-                "success": {experts[j]: round(float(est[i, j]), 4) for j in chosen[i]},
-                "neighbors": [val_ids[j] for j in nbrs[i][:5]], "n_neighbors": self.neighbors,
-            }))
+            out.append(Selection(
+                q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]),
+                {"neighbors": [val_ids[j] for j in nbrs[i][:5]], "n_neighbors": self.neighbors},
+                router=self.name, skills=tuple(features.skills[i]),
+                success={experts[j]: round(float(est[i, j]), 4) for j in chosen[i]}))
         return out

@@ -25,5 +25,5 @@ class RandomRouter(RouterBase):
         for q in queries:
             rng = random.Random(f"{self.config.seed}:{q.id}")
             chosen = tuple(rng.sample(candidates, k))
-            out.append(Selection(q.id, chosen, tuple(1.0 for _ in chosen), {"router": "random"}))
+            out.append(Selection(q.id, chosen, tuple(1.0 for _ in chosen), router=self.name))
         return out

@@ -89,9 +89,9 @@ class SymbolicMoERouter(RouterBase):
         out = []
         for i, q in enumerate(queries):
             ids = tuple(experts[j] for j in draws[i])
-            out.append(Selection(q.id, ids, tuple(round(float(p[i, j]), 4) for j in draws[i]), {
-                "router": self.name, "skills": list(features.skills[i]),
-                "success": {experts[j]: round(float(success[i, j]), 4) for j in set(draws[i])},
-                "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)},
-            }))
+            out.append(Selection(
+                q.id, ids, tuple(round(float(p[i, j]), 4) for j in draws[i]),
+                {"profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)}},
+                router=self.name, skills=tuple(features.skills[i]),
+                success={experts[j]: round(float(success[i, j]), 4) for j in set(draws[i])}))
         return out

@@ -28,9 +28,9 @@ class TopKRouter(RouterBase):
         out = []
         for i, q in enumerate(queries):
             ids = tuple(experts[j] for j in chosen[i])
-            out.append(Selection(q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]), {
-                "router": self.name, "skills": list(features.skills[i]),
-                "success": {experts[j]: round(float(est[i, j]), 4) for j in chosen[i]},
-                "profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in ids},
-            }))
+            out.append(Selection(
+                q.id, ids, tuple(round(float(est[i, j]), 4) for j in chosen[i]),
+                {"profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in ids}},
+                router=self.name, skills=tuple(features.skills[i]),
+                success={experts[j]: round(float(est[i, j]), 4) for j in chosen[i]}))
         return out

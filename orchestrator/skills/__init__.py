@@ -21,7 +21,7 @@ def make_annotator(orch) -> Annotator:
 
         expert = cfg.annotator_expert or next(iter(orch.specs))
         check_experts([expert], orch.pool)
-        return LLMAnnotator(orch.executor, expert, seed=cfg.seed)
+        return LLMAnnotator(orch.generation, expert, seed=cfg.seed)
     vocabulary = load_vocabulary(cfg.vocabulary or DEFAULT_VOCABULARY)
     return EmbeddingAnnotator(vocabulary, orch.embedder, cfg.routing.top_m, cfg.routing.threshold)
 

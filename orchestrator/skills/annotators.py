@@ -94,9 +94,10 @@ def parse_keywords(text: str) -> list[str]:
 class LLMAnnotator:
     name = "llm"
 
-    def __init__(self, executor, expert_id: str, samples: int = 5, temperature: float = 0.7,
+    def __init__(self, generation, expert_id: str, samples: int = 5, temperature: float = 0.7,
                  max_chars: int = 20, min_count: int = 2, max_tokens: int = 48, seed: int = 0):
-        self.executor, self.expert_id = executor, expert_id
+        # generation: the pool's grouped generation (`orchestrator.generation.Generation`)
+        self.generation, self.expert_id = generation, expert_id
         self.samples, self.temperature = samples, temperature
         self.max_chars, self.min_count = max_chars, min_count
         self.max_tokens, self.seed = max_tokens, seed
@@ -123,7 +124,7 @@ class LLMAnnotator:
         (profiling then routing the same questions costs one annotation)."""
         todo = list({q.question: q for q in queries if q.question not in self._memo}.values())
         if todo:
-            results, _ = self.executor.execute(self.requests(todo))
+            results, _ = self.generation.execute(self.requests(todo))
             per_question: dict[str, list[list[str]]] = {q.question: [] for q in todo}
             by_id = {q.id: q.question for q in todo}
             for res in results:
