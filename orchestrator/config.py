@@ -38,12 +38,27 @@ class ExpertConfig(StrictModel):
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+    placement: str | int | list[int] | None = Field(
+        default=None, description="a GPU index or list for vllm/transformers, a server name "
+        "for openai_http (default: its base URL); default auto")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:
         if self.adapter and self.lora_moe:
             raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
                              "folder already names its LoRA experts, so give only lora_moe")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> ExpertConfig:
+        p = self.placement
+        gpus = [p] if isinstance(p, int) else p if isinstance(p, list) else []
+        if isinstance(p, list) and (not p or len(set(p)) != len(p)):
+            raise ValueError(f"expert '{self.id}': placement {p} must list distinct GPU "
+                             "indices, e.g. [0, 1]")
+        if any(g < 0 for g in gpus) or p == "":
+            raise ValueError(f"expert '{self.id}': placement {p!r} is not a GPU index >= 0, "
+                             "a list of them or a server name")
         return self
 
     def to_spec(self) -> ExpertSpec:
@@ -55,7 +70,9 @@ class PoolConfig(StrictModel):
 
     name: str
     description: str | None = None
-    resident_limit: int = Field(default=1, ge=1)
+    resident_limit: int = Field(default=1, ge=1, description="loaded experts per placement")
+    gpus: list[int] | None = Field(default=None, description="GPU indices the executor packs "
+                                   "experts without a placement onto (one worker per GPU)")
     experts: list[ExpertConfig] = Field(min_length=1)
     aggregator: ExpertId | None = Field(
         default=None, description="the expert that fuses answers unless the run or the "
@@ -73,6 +90,14 @@ class PoolConfig(StrictModel):
         if self.aggregator is not None and self.aggregator not in seen:
             raise ValueError(f"aggregator '{self.aggregator}' is not an expert of this pool; "
                              f"name one of: {', '.join(seen)}")
+        return self
+
+    @model_validator(mode="after")
+    def _gpus(self) -> PoolConfig:
+        if self.gpus is not None and (not self.gpus or len(set(self.gpus)) != len(self.gpus)
+                                      or min(self.gpus) < 0):
+            raise ValueError(f"gpus {self.gpus} must list distinct GPU indices >= 0, e.g. "
+                             "[0, 1, 2, 3]")
         return self
 
     @property
@@ -131,6 +156,23 @@ class AggregationOptions(StrictModel):
                                    description="fuse: new tokens of the aggregator's answer")
 
 
+class EscalationOptions(StrictModel):
+    """Calling a question's experts in rounds, only as many as can still change its answer.
+
+    lossless   the answers of calling all k (vote: stop once the remaining experts cannot
+               change the weighted majority, ties included; first: stop at the first expert
+               that answered); aggregators that need every response (fuse) call all k
+    confident  vote: also stop once at least `min_votes` answers were cast and the leader
+               holds `agreement` of their weight (cheaper, may change answers)
+    none       every chosen expert is called
+    """
+
+    mode: Literal["lossless", "confident", "none"] = "lossless"
+    agreement: float = Field(default=1.0, gt=0.5, le=1.0,
+                             description="confident: the leader's share of the cast weight")
+    min_votes: int = Field(default=2, ge=1, description="confident: answers cast at least")
+
+
 class RunConfig(StrictModel):
     """A run preset (`configs/*.yaml`); CLI flags override single fields."""
 
@@ -156,6 +198,7 @@ class RunConfig(StrictModel):
         default=None, description="fuse: the pool expert that aggregates (default: the "
         "profile's best-ranked aggregator, else the first expert)")
     aggregation: AggregationOptions = Field(default_factory=AggregationOptions)
+    escalation: EscalationOptions = Field(default_factory=EscalationOptions)
     min_experts_ok: int = Field(default=1, ge=1, description="chat: fewer experts answering "
                                 "than this (or than k) fails the request instead of degrading")
 
@@ -165,7 +208,7 @@ class RunConfig(StrictModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         if "experts" in given and "k" not in given:
             data["k"] = None  # naming experts without --k means k = how many were named
-        for section in ("routing", "aggregation"):
+        for section in ("routing", "aggregation", "escalation"):
             values = given.pop(section, None)
             if values is not None and not isinstance(values, Mapping):
                 raise ConfigError(f"{section}= must be a mapping of {section} options (e.g. "

@@ -103,7 +103,7 @@ class Orchestrator:
         self._embedder = None
         self._annotator = None
         self.executor = EXECUTORS[self.config.executor](
-            self.residency, self.config.batch_size, progress
+            self.residency, self.config.batch_size, progress, gpus=pool.gpus
         )
         self.k = self.config.effective_k()
         check_k(self.k, pool)  # before any model loads

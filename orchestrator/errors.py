@@ -111,6 +111,36 @@ class ShuttingDownError(OrchestratorError):
         super().__init__(f"The '{name}' batcher is shutting down: {detail}. Retry on another instance.")
 
 
+class MissingExtraError(UserError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, needed_by: str, modules: Sequence[str], extras: Sequence[str]):
+        self.needed_by, self.modules, self.extras = needed_by, tuple(modules), tuple(extras)
+        names = " and ".join(f"[{e}]" for e in self.extras)
+        spec = ",".join(self.extras)
+        super().__init__(
+            f"{needed_by[:1].upper()}{needed_by[1:]} needs the {names} "
+            f"{'extra' if len(self.extras) == 1 else 'extras'} ({', '.join(self.modules)} not "
+            f"installed): pip install 'orchestrator[{spec}]'"
+        )
+
+
+class ModelNotCachedError(ModelNotFoundError):
+    """A hub model id that the local Hugging Face cache does not hold."""
+
+
+class ServerUnreachableError(BackendError):
+    """An OpenAI-compatible server did not answer (refused, timed out, or an error status)."""
+
+
+class ModelNotServedError(UserError):
+    """An OpenAI-compatible server answers but does not list the model an expert asks for."""
+
+
+class FolderNotFoundError(UserError):
+    """A folder the manifest names (a LoRA adapter, a LoRA-MoE gate) is missing or incomplete."""
+
+
 class OutputError(UserError):
     """An output location cannot be used: a file where a folder is needed, not writable, or held
     by another live run. Checked before any work starts."""

@@ -5,6 +5,9 @@ A GGUF file is converted once into a safetensors folder under the cache director
 (`ORCHESTRATOR_CACHE`, default `~/.cache/orchestrator`), guarded by a file lock so that two
 processes never convert the same file at once; later loads read the folder (about 1 s instead of
 about 16 s for SmolLM2-135M).
+
+A hub id (`org/name`) that is not a local path is loaded from the local Hugging Face cache;
+`check_cached` says before a run whether the cache holds it (`orchestrate pools check`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import BackendError, ModelNotFoundError
+from .errors import BackendError, MissingExtraError, ModelNotCachedError, ModelNotFoundError
+from .extras import require_installed
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,38 @@ def resolve(reference: str, base_dir: str | Path | None = None) -> ModelRef:
     return ModelRef(reference, "folder", str(path.resolve()))
 
 
+def hub_cached(repo_id: str) -> bool | None:
+    """Whether the local Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub) holds a snapshot of
+    `repo_id` with its config.json; None when huggingface_hub is not installed. Reads only files."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json",
+                                   cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    return isinstance(found, str)  # a path; None or a "cached as absent" marker otherwise
+
+
+def hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def check_cached(ref: ModelRef) -> None:
+    """Raise ModelNotCachedError for a hub id absent from the local cache (a load would try to
+    download it, and fail offline)."""
+    if ref.kind != "hub" or hub_cached(ref.path) is not False:
+        return
+    raise ModelNotCachedError(
+        f"Model '{ref.reference}' is a hub id that the local Hugging Face cache "
+        f"({hub_cache_dir()}) does not hold. Download it first (`hf download {ref.reference}`), "
+        "point HF_HUB_CACHE at the cache that holds it, or give a local folder."
+    )
+
+
 def _gguf_key(path: Path) -> str:
     """Content-based and cheap: the size plus the first and last MiB. The same file installed
     in two virtualenvs shares one conversion."""
@@ -120,6 +156,7 @@ def _gguf_key(path: Path) -> str:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantize a GGUF checkpoint into a safetensors folder (model, tokenizer, template)."""
+    require_installed(("transformers", "gguf"), "converting a GGUF model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -179,6 +216,8 @@ def local_folder(
             os.replace(tmp, target)
         except Exception as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, MissingExtraError):
+                raise
             raise BackendError(
                 f"Converting GGUF '{ref.reference}' to a safetensors folder failed: {err}"
             ) from err

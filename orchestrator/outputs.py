@@ -77,6 +77,7 @@ def answer_record(answer: Answer) -> dict[str, Any]:
         "final_answer": answer.final_answer,
         "correct": answer.correct,
         "aggregator": answer.aggregator,
+        "rounds": answer.rounds,
         "aggregation": {k: v for k, v in answer.detail.items()
                         if k in ("by", "text", "fallback", "votes", "weights")},
     }
@@ -115,6 +116,22 @@ def _methods(result: RunResult) -> dict[str, int]:
     return counts
 
 
+def escalation_record(result: RunResult) -> dict[str, Any]:
+    """Expert calls per question against the k chosen, and how many questions took how many
+    rounds (escalation asks more experts only where the answer was not decided)."""
+    n = max(1, len(result.answers))
+    rounds: dict[str, int] = {}
+    for a in result.answers:
+        rounds[str(a.rounds)] = rounds.get(str(a.rounds), 0) + 1
+    return {
+        "mode": result.config.escalation.mode,
+        "calls_per_question": round(sum(len(a.outputs) for a in result.answers) / n, 3),
+        "chosen_per_question": round(result.mean_k, 3),
+        "escalated": sum(a.rounds > 1 for a in result.answers),
+        "rounds": dict(sorted(rounds.items(), key=lambda kv: int(kv[0]))),
+    }
+
+
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
@@ -130,6 +147,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "aggregator": result.config.aggregator,
         "aggregated_by": _methods(result),
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
+        "escalation": escalation_record(result),
         "executor": result.config.executor,
         "pool": result.pool.name,
         "pool_experts": result.pool.expert_ids,

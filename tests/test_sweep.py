@@ -36,7 +36,8 @@ def read_jsonl(path):
 def test_sweep_generates_each_expert_prompt_once(fake_pool, sample_jsonl, tmp_path):
     n = 6
     queries = read_benchmark(sample_jsonl(choice_rows(n)))
-    with Orchestrator(load_pool(fake_pool(3)), RunConfig(router="fixed", k=3)) as orch:
+    config = RunConfig(router="fixed", k=3, escalation={"mode": "none"})
+    with Orchestrator(load_pool(fake_pool(3)), config) as orch:
         rows = run_sweep(orch, queries, [1, 2, 3], tmp_path / "sweep")
         history = orch.backends.get("fake").history
     # the fixed router's experts at k=3 (e0, e1, e2) include those of k=1 and k=2
@@ -79,7 +80,8 @@ def test_k_larger_than_the_pool_fails_before_any_generation(fake_pool, sample_js
 def test_failed_generations_are_retried_at_the_next_k(fake_pool, sample_jsonl):
     queries = read_benchmark(sample_jsonl(choice_rows(3)))
     pool = fake_pool(2, options={"e0": {"fail": ["Question number 1?"]}})
-    with Orchestrator(load_pool(pool), RunConfig(router="fixed", k=1)) as orch:
+    with Orchestrator(load_pool(pool), RunConfig(router="fixed", k=1,
+                                                 escalation={"mode": "none"})) as orch:
         rows = run_sweep(orch, queries, [1, 2])
         history = orch.backends.get("fake").history
     assert [r["generated"] for r in rows] == [3, 4]  # e0 on q1 failed, so it runs again
@@ -93,7 +95,7 @@ def test_sweep_command_matches_standalone_runs(fake_pool, sample_jsonl, tmp_path
     bench, pool = sample_jsonl(choice_rows(12)), fake_pool(3)
     out = tmp_path / "sweep"
     result = invoke("sweep", bench, "--pool", pool, "--k", "3,1,2,2", "--router", "fixed",
-                    "--out", out, "--no-progress")
+                    "--out", out, "--no-progress", "--no-escalation")
     assert result.exit_code == 0, result.output
     record = json.loads((out / "sweep.json").read_text())
     assert set(record) == {"bench", "pool", "router", "rows"}
@@ -105,7 +107,7 @@ def test_sweep_command_matches_standalone_runs(fake_pool, sample_jsonl, tmp_path
     for k in (1, 2, 3):
         alone = tmp_path / f"run{k}"
         ran = invoke("run", bench, "--pool", pool, "--k", k, "--router", "fixed", "--out", alone,
-                     "--no-progress")
+                     "--no-progress", "--no-escalation")
         assert ran.exit_code == 0, ran.output
         summary = json.loads((alone / "summary.json").read_text())
         assert summary["accuracy"] == accuracies[k]
@@ -171,7 +173,7 @@ def test_sweep_with_a_profile_router_on_replay(tmp_path):
         profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     path = str(profile.save(tmp_path / "world-profile.json"))
     qs = queries()
-    cfg = dict(router="topk", profile=path, annotator="field")
+    cfg = dict(router="topk", profile=path, annotator="field", escalation={"mode": "none"})
     with orchestrator(pool, k=1, **cfg) as orch:
         rows = run_sweep(orch, qs, [1, 2, 3], tmp_path / "s")
         generated = sum(s.calls for s in orch.totals.experts.values())

@@ -82,6 +82,13 @@ class AggregatorBase:
                 result[i] = agg
         return result  # type: ignore[return-value]
 
+    def next_calls(self, item: Work, selection: Selection, outputs: Sequence[ExpertOutput],
+                   mode: str) -> int:
+        """How many more of `selection`'s experts to call after `outputs` (those called so
+        far, in order); 0: the aggregate cannot change. By default every expert is called
+        (an aggregator that reads every response, like fuse, cannot stop early)."""
+        return len(selection.experts) - len(outputs)
+
     def combine(self, items: Sequence[Work], outputs: Sequence[Sequence[ExpertOutput]],
                 selections: Sequence[Selection | None], stats: ExecutionStats
                 ) -> list[Aggregate]:

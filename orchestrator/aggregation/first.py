@@ -14,6 +14,17 @@ from .base import AggregatorBase
 class FirstAggregator(AggregatorBase):
     name = "first"
 
+    def next_calls(self, item: Work, selection: Selection, outputs: Sequence[ExpertOutput],
+                   mode: str) -> int:
+        """Lossless: one expert at a time until one answered (the first that did wins)."""
+        left = len(selection.experts) - len(outputs)
+        if mode == "none":
+            return left
+        chat = isinstance(item, Conversation)
+        if any(o.error is None and (chat or o.answer is not None) for o in outputs):
+            return 0
+        return min(1, left)
+
     def combine(self, items: Sequence[Work], outputs: Sequence[Sequence[ExpertOutput]],
                 selections: Sequence[Selection | None], stats: ExecutionStats
                 ) -> list[Aggregate]:

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..types import Aggregate, ExpertOutput, Query, Selection
 from ..workers.stats import ExecutionStats
 from .base import AggregatorBase, spoken_by
+from .escalation import vote_next_calls
 
 
 def majority(answers: Sequence[str | None],
@@ -57,17 +58,33 @@ def expert_weight(p: float, n_options: int, mode: str) -> float:
 class VoteAggregator(AggregatorBase):
     name = "vote"
 
+    def next_calls(self, item: Query, selection: Selection, outputs: Sequence[ExpertOutput],
+                   mode: str) -> int:
+        left = len(selection.experts) - len(outputs)
+        if mode == "none" or not left:
+            return left
+        weights = self.expert_weights(item, selection.experts, selection)
+        opts = self.config.escalation
+        return vote_next_calls([o.answer if o.error is None else None for o in outputs],
+                               weights[:len(outputs)], weights[len(outputs):],
+                               confident=mode == "confident", agreement=opts.agreement,
+                               min_votes=opts.min_votes)
+
     def weights(self, query: Query, outs: Sequence[ExpertOutput],
                 selection: Selection | None) -> list[float]:
+        return self.expert_weights(query, [o.expert for o in outs], selection)
+
+    def expert_weights(self, query: Query, experts: Sequence[str],
+                       selection: Selection | None) -> list[float]:
         success: Mapping[str, float] = selection.success if selection else {}
         mode = self.config.aggregation.weighting
         if mode == "auto":
             mode = "none" if selection is not None and selection.vote_order else "log-odds"
         if not success or mode == "none":
-            return [1.0] * len(outs)
+            return [1.0] * len(experts)
         n_options = len(query.options) or 10
-        return [expert_weight(success[o.expert], n_options, mode) if o.expert in success else 1.0
-                for o in outs]
+        return [expert_weight(success[e], n_options, mode) if e in success else 1.0
+                for e in experts]
 
     def combine(self, items: Sequence[Query], outputs: Sequence[Sequence[ExpertOutput]],
                 selections: Sequence[Selection | None], stats: ExecutionStats | None = None

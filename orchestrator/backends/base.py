@@ -7,14 +7,14 @@ attributes so the executor can read them without loading anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, ConfigError, OrchestratorError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 
 
@@ -38,7 +38,9 @@ class ExpertBackend(Protocol):
     supports_lora: ClassVar[bool]
     resident_limit: ClassVar[int | None]
 
-    def check(self, expert: ExpertSpec) -> str: ...
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str: ...
+
+    def diagnose(self, expert: ExpertSpec) -> tuple[str, list[OrchestratorError]]: ...
 
     def load(self, expert: ExpertSpec) -> None: ...
 
@@ -84,10 +86,20 @@ class BaseBackend:
                 f"Allowed options: {allowed}."
             ) from None
 
-    def check(self, expert: ExpertSpec) -> str:
-        """Validate an expert's settings without loading it; returns what it resolves to."""
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str:
+        """Validate an expert's settings without loading it; returns what it resolves to.
+        `probe` also asks the environment what only it can tell (installed packages, the local
+        Hugging Face cache, a remote server), within a few seconds; the first problem raises."""
         self.options(expert)
         return expert.model or "-"
+
+    def diagnose(self, expert: ExpertSpec) -> tuple[str, list[OrchestratorError]]:
+        """`check(expert, probe=True)` with its problems returned instead of raised (for
+        `orchestrate pools check`); backends whose checks are independent report each one."""
+        try:
+            return self.check(expert, probe=True), []
+        except OrchestratorError as exc:
+            return "-", [exc]
 
     def is_loaded(self, expert_id: str) -> bool:
         return expert_id in self._loaded
@@ -106,6 +118,29 @@ class BaseBackend:
     def close(self) -> None:
         for expert_id in list(self._loaded):
             self.release(expert_id)
+
+
+def run_checks(steps: Sequence[Callable[[], object]]) -> tuple[str, list[OrchestratorError]]:
+    """Run independent checks: what the passing ones resolved (their non-empty strings, joined)
+    and every problem."""
+    parts, problems = [], []
+    for step in steps:
+        try:
+            part = step()
+        except OrchestratorError as exc:
+            problems.append(exc)
+            continue
+        if isinstance(part, str) and part:
+            parts.append(part)
+    return ", ".join(parts) or "-", problems
+
+
+def first_problem(checked: tuple[str, list[OrchestratorError]]) -> str:
+    """`check`'s contract over run_checks: the resolved text, or the first problem raised."""
+    resolved, problems = checked
+    if problems:
+        raise problems[0]
+    return resolved
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

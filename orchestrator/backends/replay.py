@@ -199,7 +199,7 @@ class ReplayBackend(BaseBackend):
             f"Recorded models: {', '.join(sorted(available))}.{guess}"
         )
 
-    def check(self, expert: ExpertSpec) -> str:
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str:
         opts = self.options(expert)
         model = self._model(expert, opts)
         paths = self._paths(expert, opts)

@@ -22,10 +22,11 @@ from dataclasses import astuple, dataclass, field
 from itertools import groupby
 from pathlib import Path
 
-from ..errors import BackendError, UserError
-from ..modelref import describe, local_folder, resolve
+from ..errors import BackendError, FolderNotFoundError, OrchestratorError
+from ..extras import require_installed
+from ..modelref import check_cached, describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, apply_stop, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed, first_problem, run_checks
 from .folders import find_folder
 from .prompting import render_prompt, warn_prompt_mismatch
 
@@ -115,24 +116,47 @@ class TransformersBackend(BaseBackend):
         """Base models held in memory now."""
         return len(self._bases)
 
-    def check(self, expert: ExpertSpec) -> str:
-        self.options(expert)
-        resolved = describe(resolve(expert.model, self.context.base_dir))
-        if expert.adapter:
-            resolved += f", LoRA {self._adapter_path(expert)}"
-        if expert.lora_moe:
-            from ..adapters.lora_moe.config import LoraMoeConfig
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str:
+        return first_problem(self._checks(expert, probe))
 
-            path = self._lora_moe_path(expert)
-            config = LoraMoeConfig.load(path)
-            missing = [str(p) for p in config.expert_paths(path)
-                       if not (p / "adapter_config.json").is_file()]
-            if missing:
-                raise UserError(f"Expert '{expert.id}': LoRA-MoE '{expert.lora_moe}' names LoRA "
-                                f"experts that are not adapter folders: {', '.join(missing)}. "
-                                "Keep the experts where the gate was trained, or retrain it.")
-            resolved += f", LoRA-MoE {path} ({len(config.experts)} experts, top-{config.top_k})"
-        return resolved
+    def diagnose(self, expert: ExpertSpec) -> tuple[str, list[OrchestratorError]]:
+        return self._checks(expert, probe=True)
+
+    def _checks(self, expert: ExpertSpec, probe: bool) -> tuple[str, list[OrchestratorError]]:
+        """Packages, options, model, adapter and LoRA-MoE, each checked on its own."""
+        return run_checks([
+            lambda: require_installed(self._modules(expert), "the transformers backend"),
+            lambda: self.options(expert),
+            lambda: self._check_model(expert, probe),
+            lambda: expert.adapter and f"LoRA {self._adapter_path(expert)}",
+            lambda: expert.lora_moe and self._check_lora_moe(expert),
+        ])
+
+    def _check_model(self, expert: ExpertSpec, probe: bool) -> str:
+        ref = resolve(expert.model, self.context.base_dir)
+        if probe:
+            check_cached(ref)
+        return describe(ref)
+
+    def _check_lora_moe(self, expert: ExpertSpec) -> str:
+        from ..adapters.lora_moe.config import LoraMoeConfig
+
+        path = self._lora_moe_path(expert)
+        config = LoraMoeConfig.load(path)
+        missing = [str(p) for p in config.expert_paths(path)
+                   if not (p / "adapter_config.json").is_file()]
+        if missing:
+            raise FolderNotFoundError(
+                f"Expert '{expert.id}': LoRA-MoE '{expert.lora_moe}' names LoRA experts that are "
+                f"not adapter folders: {', '.join(missing)}. Keep the experts where the gate was "
+                "trained, or retrain it.")
+        return f"LoRA-MoE {path} ({len(config.experts)} experts, top-{config.top_k})"
+
+    @staticmethod
+    def _modules(expert: ExpertSpec) -> tuple[str, ...]:
+        """What loading this expert imports."""
+        return ("torch", "transformers", *(("peft",) if expert.adapter else ()),
+                *(("gguf",) if expert.model.lower().endswith(".gguf") else ()))
 
     def load(self, expert: ExpertSpec) -> None:
         if expert.id in self._loaded:
@@ -158,6 +182,7 @@ class TransformersBackend(BaseBackend):
             expert, base, expert.id if adapter else None, int(max_context), opts.device)
 
     def _load_base(self, key: BaseKey, expert: ExpertSpec, local_only: bool) -> _Base:
+        require_installed(("torch", "transformers"), "the transformers backend")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging

@@ -23,7 +23,8 @@ from typing import Literal
 from pydantic import Field
 
 from ..errors import BackendError, ConfigError
-from ..modelref import describe, local_folder, resolve
+from ..extras import require_installed
+from ..modelref import check_cached, describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult, Sampling
 from .base import BackendOptions, BaseBackend, failed
 from .folders import find_folder
@@ -97,7 +98,7 @@ class VLLMBackend(BaseBackend):
         engine_opts = opts.model_dump(exclude={"enable_lora"})
         return (ref.path, expert.dtype or "auto", tuple(sorted(engine_opts.items())))
 
-    def check(self, expert: ExpertSpec) -> str:
+    def check(self, expert: ExpertSpec, probe: bool = False) -> str:
         opts = self.options(expert)
         if expert.adapter:
             if opts.enable_lora is False:
@@ -107,7 +108,11 @@ class VLLMBackend(BaseBackend):
                 )
             self._check_rank(expert, self._adapter_path(expert), opts)
             self._lora_bases.add(self._key(expert, opts))
-        what = describe(resolve(expert.model, self.context.base_dir))
+        ref = resolve(expert.model, self.context.base_dir)
+        if probe:  # a GPU manifest checks without vllm installed; `pools check` asks for it
+            check_cached(ref)
+            require_installed(("vllm",), "the vllm backend")
+        what = describe(ref)
         return f"{what} + LoRA {expert.adapter}" if expert.adapter else what
 
     def _check_rank(self, expert: ExpertSpec, path: Path, opts: VLLMOptions) -> None:

@@ -39,6 +39,9 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a LoRA adapter of BASE on DATA; write it with its loss curve, record and README."""
+    from ..extras import require_installed
+
+    require_installed(("torch", "transformers", "peft"), "`orchestrate lora train`")
     from ..adapters.train import TrainSettings, train_adapter
     from ..errors import UserError
 

@@ -44,6 +44,9 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train only the gates of a LoRA-MoE over frozen EXPERTS of BASE on DATA."""
+    from ..extras import require_installed
+
+    require_installed(("torch", "transformers", "peft"), "`orchestrate lora-moe train`")
     from ..adapters.lora_moe.config import LoraMoeConfig
     from ..adapters.lora_moe.train import GateSettings, train_gate
     from ..config import validate_model
@@ -100,6 +103,9 @@ def inspect(
     """Show, per generated token, which experts the gate chose in a few layers, and usage."""
     from rich.table import Table
 
+    from ..extras import require_installed
+
+    require_installed(("torch", "transformers", "peft"), "`orchestrate lora-moe inspect`")
     from ..adapters.lora_moe.inspect import inspect_generation, load_mixture, pick_layers
     from ..errors import UserError
 

@@ -13,8 +13,10 @@ from .profile import profile
 from .report import report
 from .route import route
 from .run import run
+from .samples import samples
 from .serve import serve
 from .sweep import sweep
+from .view import view
 
 app = typer.Typer(
     name="orchestrate", no_args_is_help=True, add_completion=False,
@@ -27,6 +29,8 @@ app.command("route")(route)
 app.command("report")(report)
 app.command("sweep")(sweep)
 app.command("serve")(serve)
+app.command("view")(view)
+app.command("samples")(samples)
 app.add_typer(pools.app, name="pools")
 app.add_typer(lora.app, name="lora")
 app.add_typer(lora_moe.app, name="lora-moe")

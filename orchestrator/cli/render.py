@@ -37,6 +37,10 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
         *([f"aggregate  {', '.join(f'{m} {n}' for m, n in summary['aggregated_by'].items())}"]
           if summary.get("aggregated_by") and set(summary["aggregated_by"]) != {
               summary["aggregator"]} else []),
+        *([f"calls      {esc['calls_per_question']:.2f} per question of "
+           f"{esc['chosen_per_question']:.2f} chosen ({esc['mode']} escalation: "
+           f"{esc['escalated']} questions asked more experts)"]
+          if (esc := summary.get("escalation")) else []),
         f"loads      {summary['loads_total']}   errors {summary['errors']}   "
         f"wall {summary['wall_s']:.1f}s   orchestration overhead "
         f"{100 * summary['overhead_share']:.1f}%",

@@ -14,8 +14,9 @@ from .common import err, handle_errors, out
 def report(
     run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A run folder (the --out of `orchestrate run`).")],
 ) -> None:
-    """Write DIR/report.md with plots in DIR/report/ from DIR/results.jsonl and DIR/summary.json
-    (plus accuracy vs k when DIR/sweep.json exists); prints the report's path."""
+    """Write DIR/report.md with plots in DIR/report/ and the viewer DIR/report.html from
+    DIR/results.jsonl and DIR/summary.json (plus accuracy vs k when DIR/sweep.json exists);
+    prints report.md's path."""
     from ..outlock import claim_output
     from ..report import write_report
 

@@ -24,6 +24,9 @@ def run(
     aggregator: Annotated[Optional[str], typer.Option(help="Aggregator: vote, fuse, first.")] = None,
     aggregator_expert: Annotated[Optional[str], typer.Option(help="fuse: the expert that aggregates.")] = None,
     early_exit: Annotated[Optional[bool], typer.Option(help="Skip the aggregator when all experts agree.")] = None,
+    escalation: Annotated[Optional[str], typer.Option(help="Call experts in rounds, only where the answer is not decided yet: lossless (default: the answers of calling all k), confident (stop at --agreement), none.")] = None,
+    no_escalation: Annotated[bool, typer.Option("--no-escalation", help="Call every chosen expert (escalation none).")] = False,
+    agreement: Annotated[Optional[float], typer.Option(help="confident escalation: the leader's share of the votes cast that stops a question.")] = None,
     executor: Annotated[Optional[str], typer.Option(help="grouped or naive.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Prompts per generate call.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per answer (overrides the pool).")] = None,
@@ -58,7 +61,9 @@ def run(
                      threads=threads, annotator=annotator,
                      profile=str(profile) if profile else None,
                      routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors),
-                     aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit))
+                     aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit),
+                     escalation=dict(mode="none" if no_escalation else escalation,
+                                     agreement=agreement))
     # --out is checked, created and locked before any model loads; a folder created here is
     # removed again if the run fails before writing anything
     with claim_output(out_dir):

@@ -1,4 +1,6 @@
-"""`orchestrate serve`: the pool as one OpenAI-compatible model over HTTP."""
+"""`orchestrate serve`: the pool as OpenAI-compatible models over HTTP. Settings come from
+`--config serve.yaml` (orchestrator/server/settings.py; configs/serve.yaml is the example);
+flags given on the command line override the file."""
 
 from __future__ import annotations
 
@@ -13,38 +15,64 @@ from .common import err, handle_errors
 
 @handle_errors
 def serve(
-    pool: Annotated[Path, typer.Option(help="Pool manifest (pools/*.yaml).")],
+    pool: Annotated[Optional[Path], typer.Option(help="Pool manifest (pools/*.yaml); required here or in --config.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Serving configuration (configs/serve.yaml): host, port, pool, aliases, limits...")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Skill profile JSON (for the profile routers).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes the pool to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (required on every route but /health when set).")] = "ORCHESTRATOR_API_KEY",
+    run: Annotated[Optional[Path], typer.Option("--run", help="Run preset (configs/*.yaml): router, k, aggregator, generation.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1); anything but loopback exposes the pool to the network.")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="TCP port (default 8000; 0: any free port).")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="The mixture's model name (default 'orchestrator').")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key (default ORCHESTRATOR_API_KEY), required on every route but /health and /version when set.")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Default experts per question (requests may send k).")] = None,
     router: Annotated[Optional[str], typer.Option(help="Default router (requests may send router).")] = None,
-    window_ms: Annotated[float, typer.Option(min=0, help="Micro-batching window: requests arriving within it share one grouped execution.")] = 20.0,
-    max_batch: Annotated[int, typer.Option(min=1, help="Requests per batch at most.")] = 32,
-    max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests at most; beyond it 503 with Retry-After.")] = 256,
-    deadline_s: Annotated[float, typer.Option(min=0.001, help="Per-request deadline in seconds (504 when missed).")] = 300.0,
-    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body (413 beyond).")] = 1_000_000,
-    graceful_timeout_s: Annotated[int, typer.Option(min=0, help="On SIGTERM, seconds for in-flight requests to finish.")] = 30,
+    window_ms: Annotated[Optional[float], typer.Option(min=0, help="Micro-batching window (default 20): requests arriving within it share one grouped execution.")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(min=1, help="Requests per batch at most (default 32).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(min=1, help="Waiting requests at most (default 256); beyond it 503 with Retry-After.")] = None,
+    deadline_s: Annotated[Optional[float], typer.Option(min=0.001, help="Per-request deadline in seconds (default 300; 504 when missed).")] = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option(min=1, help="Largest request body (default 1000000; 413 beyond).")] = None,
+    graceful_timeout_s: Annotated[Optional[int], typer.Option(min=0, help="On SIGTERM, seconds for in-flight requests to finish (default 30); then 503 shutting_down.")] = None,
+    log_requests: Annotated[Optional[bool], typer.Option("--log-requests/--no-log-requests", help="One log line per chat request (id, model, user, metadata, tokens).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
 ) -> None:
-    """Serve POOL at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
+    """Serve a pool at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
     from ..core import Orchestrator
-    from ..server.app import build_app
-    from ..server.server import is_loopback, make_server
+    from ..errors import ConfigError
+    from ..extras import require_installed
 
-    api_key = os.environ.get(api_key_env) or None
-    if not is_loopback(host) and api_key is None:
-        err.print(f"[bold yellow]warning:[/] serving on {host} without an API key: anyone who "
-                  f"can reach this port can use the pool. Set {api_key_env} to require a key.")
-    with Orchestrator.from_files(pool, config, dry_run=dry_run, k=k, router=router,
-                                 profile=str(profile) if profile else None) as orch:
+    require_installed(("fastapi", "uvicorn", "prometheus_client"), "`orchestrate serve`")
+    from ..server.app import build_app
+    from ..server.server import bind, is_loopback, make_server
+    from ..server.settings import load_serve_config
+
+    cfg = load_serve_config(config, pool=pool, profile=profile, run=run, host=host, port=port,
+                            served_model_name=served_model_name, api_key_env=api_key_env,
+                            window_ms=window_ms, max_batch=max_batch, max_queue=max_queue,
+                            deadline_s=deadline_s, max_body_bytes=max_body_bytes,
+                            graceful_timeout_s=graceful_timeout_s, log_requests=log_requests)
+    if cfg.pool is None:
+        raise ConfigError("No pool to serve: pass --pool pools/NAME.yaml or set 'pool' in --config.")
+    api_key = os.environ.get(cfg.api_key_env) or None
+    if not is_loopback(cfg.host) and api_key is None:
+        err.print(f"[bold yellow]warning:[/] serving on {cfg.host} without an API key: anyone who "
+                  f"can reach this port can use the pool. Set {cfg.api_key_env} to require a key.")
+    overrides = {"k": k, "router": router, "profile": str(cfg.profile) if cfg.profile else None,
+                 "min_experts_ok": cfg.min_experts_ok}
+    with Orchestrator.from_files(cfg.pool, cfg.run, dry_run=dry_run,
+                                 **{n: v for n, v in overrides.items() if v is not None}) as orch:
         orch.check()  # every model resolves before the server accepts a request
-        app = build_app(orch, api_key=api_key, window_s=window_ms / 1000, max_batch=max_batch,
-                        max_queue=max_queue, deadline_s=deadline_s, max_body_bytes=max_body_bytes,
-                        drain_timeout_s=graceful_timeout_s)
-        err.print(f"serving pool '{orch.pool.name}' as '{orch.model_name}' and "
-                  f"{len(orch.specs)} experts at http://{host}:{port}/v1 "
-                  f"(API key {'required' if api_key else 'off'})", markup=False)
-        make_server(app, host=host, port=port, graceful_timeout_s=graceful_timeout_s).run()
+        cfg.check_names(list(orch.specs))
+        app = build_app(orch, api_key=api_key, window_s=cfg.window_ms / 1000,
+                        max_batch=cfg.max_batch, max_queue=cfg.max_queue,
+                        deadline_s=cfg.deadline_s, max_body_bytes=cfg.max_body_bytes,
+                        drain_timeout_s=cfg.graceful_timeout_s,
+                        served_model_name=cfg.served_model_name, aliases=cfg.aliases,
+                        host=cfg.host, allowed_hosts=cfg.allowed_hosts,
+                        log_requests=cfg.log_requests, concurrency=cfg.concurrency)
+        sock = bind(cfg.host, cfg.port)  # a port in use: one line, exit 2
+        bound = sock.getsockname()[1]
+        names = ", ".join([cfg.served_model_name, *cfg.aliases])
+        err.print(f"serving pool '{orch.pool.name}' as {names} and {len(orch.specs)} experts at "
+                  f"http://{cfg.host}:{bound}/v1 (API key {'required' if api_key else 'off'})",
+                  markup=False)
+        make_server(app, host=cfg.host, port=bound, graceful_timeout_s=cfg.graceful_timeout_s,
+                    limits=cfg.limits, sock=sock).run()

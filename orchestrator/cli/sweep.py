@@ -24,6 +24,8 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
+    escalation: Annotated[Optional[str], typer.Option(help="lossless (default), confident or none.")] = None,
+    no_escalation: Annotated[bool, typer.Option("--no-escalation", help="Call every chosen expert.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
 ) -> None:
     """Run BENCH at every k of --k on one pool, reusing the expert outputs of smaller k (no
@@ -39,7 +41,8 @@ def sweep(
     queries = read_benchmark(bench, fmt, limit)  # a bad file fails before any model loads
     pool_config = load_pool(pool)
     run_config = load_config(config).with_overrides(
-        k=max(ks), router=router, profile=str(profile) if profile else None)
+        k=max(ks), router=router, profile=str(profile) if profile else None,
+        escalation=dict(mode="none" if no_escalation else escalation))
     check_ks(ks, pool_config, run_config)  # every k, before anything runs
     with claim_output(out_dir):  # checked, created and locked before any model loads
         with Orchestrator(pool_config, run_config, progress=progress) as orch:

@@ -1,4 +1,5 @@
-"""write_report: DIR/report.md and its PNGs in DIR/report/, every file written atomically."""
+"""write_report: DIR/report.md and its PNGs in DIR/report/, and the viewer DIR/report.html,
+every file written atomically."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ReportError
+from ..extras import require_installed
 from ..outputs import atomic_save_figure, atomic_write_text
 from . import plots
+from .html import read_run, write_html
 from .markdown import render
-from .rundir import RunDir, read_run_dir
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +29,10 @@ FIGURES: tuple[tuple[str, str, Callable], ...] = (
 
 def write_report(run_dir: str | Path) -> Path:
     """Read DIR/results.jsonl and DIR/summary.json (and DIR/sweep.json if there), draw the
-    plots into DIR/report/ and write DIR/report.md; returns the path of report.md.
+    plots into DIR/report/, write DIR/report.md and DIR/report.html; returns report.md's path.
     Raises UserError for a missing or invalid folder, ReportError if drawing fails."""
-    run = read_run_dir(run_dir)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ReportError(f"the run report needs matplotlib ({exc}); install it with "
-                          "`pip install 'matplotlib>=3.8'`.") from None
+    run = read_run(run_dir)  # read_run_dir, a non-UTF-8 file as a one-line UserError
+    require_installed(("matplotlib",), "the run report")
     images = []
     for stem, alt, draw in FIGURES:
         path = run.path / IMAGE_DIR / f"{stem}.png"
@@ -46,6 +45,7 @@ def write_report(run_dir: str | Path) -> Path:
         atomic_write_text(report, render(run, images))
     except OSError as exc:
         raise ReportError(f"could not write {report}: {exc}") from exc
+    write_html(run)
     return report
 
 

@@ -1,32 +1,34 @@
-"""`build_app(orch)`: the pool as one OpenAI-compatible model, over FastAPI.
+"""`build_app(orch)`: the pool as OpenAI-compatible models, over FastAPI.
 
 Endpoints: POST /v1/chat/completions (streamed or not), GET /v1/models, GET /v1/models/{id},
-POST /v1/route (routing explanation, no generation), GET /metrics (Prometheus text) and
-GET /health (the only route without the API key).
+POST /v1/route (routing explanation, no generation), GET /metrics (Prometheus), and, without
+the API key, GET /health and GET /version.
 
-Every chat request goes through one MicroBatcher: requests arriving within `window_s` are
-answered by one `complete_batch` call, i.e. one grouped execution (each expert loads once and
-generates all the window's prompts as one batch). A streamed request is computed first and then
-sent as `chat.completion.chunk` events: the aggregated answer only exists once every chosen
-expert has finished, so chunks cannot arrive earlier (serving-behaviours.md 11: stream only
-the aggregator's output, after the experts). Errors before the first byte get a real status.
+Model names: the served name (`--served-model-name`, default `orchestrator`) is the routed
+mixture with the server's defaults; each alias is the mixture with its own k/router/aggregator/
+mode (settings.py); each expert id asks that expert alone. The request body is read by
+`wire.py` into a `ChatCall`; every chat request goes through one MicroBatcher, whose batches
+are answered by one `complete_calls` (one grouped execution: each expert loads once and
+generates all the window's prompts as one batch). A streamed request is computed first and
+then sent as `chat.completion.chunk` events: the aggregated answer exists only once every chosen
+expert has finished (serving-behaviours.md 11). Errors before the first byte get a real status.
 
-Nothing is created at import time; the batcher lives in the app lifespan, and shutdown drains
-it (`drain_timeout_s`): in-flight requests finish, new ones get 503.
+Nothing is created at import time; the batcher lives in the app lifespan, which also warms the
+routers (embedder, annotator, profile) in a thread: /health says 503 `loading` until then, so
+the first request after a 200 does not pay the embedder's load. Shutdown drains the batcher
+(`drain_timeout_s`): in-flight requests finish, new ones get 503 `shutting_down`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -34,26 +36,31 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from .. import __version__
 from ..benchmarks.readers import infer_answer_type
-from ..chat import (
-    ChatCompletion,
-    ChatRequest,
-    InvalidRequestError,
-    UnknownModelError,
-    complete_batch,
-    parse_chat_request,
-)
-from ..errors import ShuttingDownError
-from ..registry import ROUTERS
+from ..chat import ChatCall, ChatResult, complete_calls
+from ..errors import ConfigError, ShuttingDownError, UnknownModelError
+from ..registry import AGGREGATORS, ROUTERS
 from ..types import Query, Selection
 from ..workers.batcher import MicroBatcher
+from . import wire
+from .envelope import (
+    APIError,
+    RequestCancelledError,
+    guarded,
+    read_json,
+    require_api_key,
+    require_object,
+    sse,
+)
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from .wire import APIError, RequestCancelledError, api_error, read_json, require_object, sse
+from .middleware import Frontline, HostPolicy
+from .route_api import route_api
+from .settings import Alias
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "ORCHESTRATOR_API_KEY"
-MAX_ROUTE_QUESTIONS = 1024
+WARMUP_QUESTION = "What is 2 + 3?"
 
 
 @dataclass(frozen=True)
@@ -65,31 +72,63 @@ class Settings:
     deadline_s: float | None = 300.0
     max_body_bytes: int = 1_000_000
     drain_timeout_s: float = 30.0
+    served_model_name: str = "orchestrator"
+    aliases: Mapping[str, Alias] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    log_requests: bool = False
+    concurrency: int = 4  # batches running at once: a hung expert never holds up the others
 
 
 class Serving:
-    """What the route handlers share (`app.state.serving`): the orchestrator, the batcher and
-    the counters. The orchestrator is used by one thread at a time (`lock`)."""
+    """What the route handlers share (`app.state.serving`): the orchestrator, the batcher,
+    the model names and the metrics. Up to `settings.concurrency` batches run at once: the
+    pipeline routes one batch at a time (its own lock) and the grouped executor runs each
+    placement under its own lock, so a batch waiting on a hung expert holds up only the
+    batches that need that expert's placement."""
 
-    def __init__(self, orch, settings: Settings, metrics: Metrics):
-        self.orch, self.settings, self.metrics = orch, settings, metrics
+    def __init__(self, orch, settings: Settings):
+        self.orch, self.settings = orch, settings
         self.batcher: MicroBatcher | None = None
         self.draining = False
-        self.lock = threading.Lock()
-        self.batch_started: float | None = None  # monotonic start of the running batch
+        self.lock = threading.Lock()  # guards `running`
+        self.running: dict[int, float] = {}  # batch id -> monotonic start
         self.created = int(time.time())
-
-    @property
-    def model_names(self) -> list[str]:
-        return [self.orch.model_name, *self.orch.specs]
+        self.warm_state = "loading"  # -> "ok" | "failed"
+        self.protocol = None  # the connection guard's class, set by make_server
+        self.names: dict[str, wire.Routing] = {settings.served_model_name: wire.Routing()}
+        for name, alias in settings.aliases.items():
+            self.names[name] = wire.Routing(alias.k, alias.router, alias.aggregator, alias.mode,
+                                            escalation=alias.escalation)
+        for expert in orch.specs:
+            self.names[expert] = wire.Routing(expert=expert)
+        self.metrics = Metrics(self)
 
     # -- lifetime -----------------------------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
         self.batcher = MicroBatcher(self.process_batch, window_s=s.window_s, max_batch=s.max_batch,
-                                    max_queue=s.max_queue, name=self.orch.model_name)
+                                    max_queue=s.max_queue, name=s.served_model_name,
+                                    concurrency=s.concurrency)
         self.draining = False
+        threading.Thread(target=self.warm, name="orchestrator-warmup", daemon=True).start()
+
+    def warm(self) -> None:
+        """Route one question with every router a served name uses: loads the profile's
+        embedder and annotator before /health says ok."""
+        routers = {r.router or self.orch.config.router for r in self.names.values()
+                   if r.expert is None}
+        query = Query(id="warmup", question=WARMUP_QUESTION,
+                      answer_type=infer_answer_type(WARMUP_QUESTION, None, ()))
+        try:
+            for router in sorted(routers):
+                self.orch.route_with([query], router, self.orch.k)
+        except Exception:
+            log.exception("warming the routers failed; /health reports 'warmup_failed'")
+            self.warm_state = "failed"
+            return
+        self.warm_state = "ok"
 
     def begin_drain(self) -> None:
         """Refuse new requests (503) and report unhealthy; in-flight requests go on."""
@@ -107,38 +146,44 @@ class Serving:
     def health(self) -> str:
         if self.batcher is None or self.draining or not self.batcher.accepting:
             return "draining"
-        started, deadline = self.batch_started, self.settings.deadline_s
+        if self.warm_state != "ok":
+            return "warmup_failed" if self.warm_state == "failed" else "loading"
+        with self.lock:
+            started = min(self.running.values(), default=None)
+        deadline = self.settings.deadline_s
         if started is not None and deadline and time.monotonic() - started > 2 * deadline:
             return "stalled"  # a batch runs far past the request deadline (vllm #17972)
         return "ok"
 
     # -- work ---------------------------------------------------------------------------------
 
-    def process_batch(self, items: Sequence[ChatRequest], cancelled: Callable[[int], bool]
-                      ) -> list[ChatCompletion | Exception]:
-        """One grouped execution for the window's requests; requests whose client already left
-        are answered with RequestCancelledError and never reach a backend."""
-        out: list[ChatCompletion | Exception] = [RequestCancelledError() for _ in items]
+    def process_batch(self, items: Sequence[ChatCall], cancelled: Callable[[int], bool]
+                      ) -> list[ChatResult | Exception]:
+        """One grouped execution for the window's calls; calls whose client already left are
+        answered with RequestCancelledError and never reach a backend."""
+        out: list[ChatResult | Exception] = [RequestCancelledError() for _ in items]
         live = [i for i in range(len(items)) if not cancelled(i)]
         if not live:
             return out
+        key = id(items)
         with self.lock:
-            self.batch_started = time.monotonic()
-            try:
-                results = complete_batch(self.orch, [items[i] for i in live])
-            finally:
-                self.batch_started = None
+            self.running[key] = time.monotonic()
+        try:
+            results = complete_calls(self.orch, [items[i] for i in live])
+        finally:
+            with self.lock:
+                self.running.pop(key, None)
         for i, result in zip(live, results):
             out[i] = result
         return out
 
-    async def complete(self, chat: ChatRequest, request: Request) -> ChatCompletion:
+    async def complete(self, call: ChatCall, request: Request) -> ChatResult:
         """Submit to the batcher while watching the connection: a client that goes away
         cancels its submit, which drops the request from the queue (or marks it cancelled for
         a batch not yet started)."""
         if self.draining or self.batcher is None:
-            raise ShuttingDownError(self.orch.model_name)
-        submit = asyncio.ensure_future(self.batcher.submit(chat, self.settings.deadline_s))
+            raise ShuttingDownError(self.settings.served_model_name)
+        submit = asyncio.ensure_future(self.batcher.submit(call, self.settings.deadline_s))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,47 +192,19 @@ class Serving:
                 task.cancel()
         if submit.done() and not submit.cancelled():
             return submit.result()
-        self.metrics.disconnects += 1
+        self.metrics.disconnected()
         with contextlib.suppress(BaseException):
             await submit
         raise RequestCancelledError()
 
     def route(self, queries: list[Query], router: str, k: int) -> list[Selection]:
-        with self.lock:
-            return self.orch.route_with(queries, router, k)
+        return self.orch.route_with(queries, router, k)
 
 
 async def _disconnected(request: Request) -> None:
     """Returns once the client closes the connection (the body has been read already)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def guarded(handler: Callable[[Request], Awaitable[Response]]):
-    """Any exception becomes its OpenAI envelope (unexpected ones: a generic 500, logged)."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:
-            return api_error(exc).response()
-
-    return wrapper
-
-
-async def require_api_key(request: Request) -> None:
-    key = request.app.state.serving.settings.api_key
-    if not key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
-                       "authentication_error", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), key.encode()):
-        raise APIError(401, "Incorrect API key provided.", "authentication_error",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -199,22 +216,39 @@ api = APIRouter(dependencies=[Depends(require_api_key)])
 @guarded
 async def chat_completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
-    chat = parse_chat_request(require_object(
-        await read_json(request, serving.settings.max_body_bytes)))
-    if chat.model not in serving.model_names:  # an allow-list of names, never a path
-        raise UnknownModelError(chat.model, serving.model_names)
-    completion = await serving.complete(chat, request)
-    serving.metrics.count_tokens(completion.model, completion.prompt_tokens,
-                                 completion.completion_tokens)
-    if not chat.stream:
-        return JSONResponse(completion.to_openai())
+    raw = require_object(await read_json(request, serving.settings.max_body_bytes))
+    raw.setdefault("model", serving.settings.served_model_name)
+    body = wire.parse_body(raw)
+    routing = serving.names.get(body.model)
+    if routing is None:  # an allow-list of names, never a path
+        raise UnknownModelError(body.model, list(serving.names))
+    call = wire.to_call(body, routing)
+    started = time.perf_counter()
+    result = await serving.complete(call, request)
+    serving.metrics.count_tokens(body.model, result.prompt_tokens, result.completion_tokens)
+    _log_request(serving, request, body, call, result, time.perf_counter() - started)
+    if not body.stream:
+        return JSONResponse(wire.completion(result, body.model))
 
     async def events():
-        for event in sse(completion.chunks()):
+        for event in sse(wire.chunks(result, body.model, body.stream_usage)):
             yield event
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _log_request(serving: Serving, request: Request, body: wire.ChatBody, call: ChatCall,
+                 result: ChatResult, seconds: float) -> None:
+    level = logging.INFO if serving.settings.log_requests else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    info = result.info
+    log.log(level, "chat %s model=%s k=%s router=%s user=%s metadata=%s tokens=%d+%d "
+            "finish=%s %.3fs", request.scope.get("state", {}).get("request_id"), body.model,
+            info.get("k", call.k), info.get("router", call.router), call.user,
+            json.dumps(dict(call.metadata)), result.prompt_tokens, result.completion_tokens,
+            result.finish_reason, seconds)
 
 
 @api.get("/v1/models")
@@ -222,7 +256,7 @@ async def chat_completions(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     return JSONResponse({"object": "list",
-                         "data": [_model_card(serving, m) for m in serving.model_names]})
+                         "data": [_model_card(serving, m) for m in serving.names]})
 
 
 @api.get("/v1/models/{model_id:path}")
@@ -230,98 +264,64 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     model = request.path_params["model_id"]
-    if model not in serving.model_names:
-        raise UnknownModelError(model, serving.model_names)
+    if model not in serving.names:
+        raise UnknownModelError(model, list(serving.names))
     return JSONResponse(_model_card(serving, model))
 
 
 def _model_card(serving: Serving, model: str) -> dict[str, Any]:
-    orch = serving.orch
-    if model == orch.model_name:
-        info = {"kind": "mixture", "experts": list(orch.specs), "k": orch.k,
-                "router": orch.config.router, "aggregator": orch.config.aggregator}
+    orch, routing = serving.orch, serving.names[model]
+    if routing.expert is not None:
+        info: dict[str, Any] = {"kind": "expert", "backend": orch.specs[model].backend}
     else:
-        info = {"kind": "expert", "backend": orch.specs[model].backend}
+        info = {"kind": "mixture" if model == serving.settings.served_model_name else "alias",
+                "experts": list(orch.specs), "k": routing.k or orch.k,
+                "router": routing.router or orch.config.router,
+                "aggregator": routing.aggregator or orch.config.aggregator,
+                "mode": routing.mode or "chat"}
     return {"id": model, "object": "model", "created": serving.created,
             "owned_by": orch.pool.name, "orchestrator": info}
 
 
-@api.post("/v1/route")
-@guarded
-async def route(request: Request) -> Response:
-    """Body {"questions": [str, ...]} or {"messages": [...]}, optional "k" and "router": the
-    experts, scores, skills and evidence per question; nothing is generated."""
-    serving: Serving = request.app.state.serving
-    body = require_object(await read_json(request, serving.settings.max_body_bytes))
-    questions = _route_questions(serving, body)
-    k, router = _route_options(serving, body)
-    queries = [Query(id=f"q{i}", question=q, answer_type=infer_answer_type(q, None, ()))
-               for i, q in enumerate(questions)]
-    selections = await asyncio.to_thread(serving.route, queries, router, k)
-    data = [{"object": "route", "index": i, "skills": list(sel.evidence.get("skills", [])),
-             "experts": [{"id": e, "score": float(s)} for e, s in zip(sel.experts, sel.scores)],
-             "evidence": _json_safe({a: b for a, b in sel.evidence.items() if a != "skills"})}
-            for i, sel in enumerate(selections)]
-    return JSONResponse({"object": "list", "model": serving.orch.model_name, "router": router,
-                         "k": k, "data": data})
-
-
-def _route_questions(serving: Serving, body: dict[str, Any]) -> list[str]:
-    if ("questions" in body) == ("messages" in body):
-        raise InvalidRequestError("Send exactly one of 'questions' (a list of strings) or "
-                                  "'messages' (an OpenAI chat).", "questions")
-    if "messages" in body:
-        chat = parse_chat_request({"messages": body["messages"], "model": serving.orch.model_name})
-        return [chat.prompt_text()]
-    questions = body["questions"]
-    if (not isinstance(questions, list) or not 1 <= len(questions) <= MAX_ROUTE_QUESTIONS
-            or not all(isinstance(q, str) and q.strip() for q in questions)):
-        raise InvalidRequestError(f"'questions' must be a list of 1 to {MAX_ROUTE_QUESTIONS} "
-                                  "non-empty strings.", "questions")
-    return questions
-
-
-def _route_options(serving: Serving, body: dict[str, Any]) -> tuple[int, str]:
-    orch, size = serving.orch, len(serving.orch.pool.experts)
-    k = body.get("k", orch.k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
-        raise InvalidRequestError(f"k must be an integer in 1..{size} (the pool has {size} "
-                                  "experts).", "k")
-    router = body.get("router") or orch.config.router
-    if not isinstance(router, str) or router not in ROUTERS:
-        raise InvalidRequestError(f"Unknown router; available: {', '.join(ROUTERS.names())}.",
-                                  "router")
-    return k, router
-
-
-def _json_safe(value: Any) -> Any:
-    def convert(obj: Any) -> Any:
-        return obj.item() if hasattr(obj, "item") else str(obj)  # numpy scalars, paths...
-
-    return json.loads(json.dumps(value, default=convert))
-
-
 # -- the app ----------------------------------------------------------------------------------
+
+def check_aliases(orch, aliases: Mapping[str, Alias]) -> None:
+    size = len(orch.pool.experts)
+    for name, alias in aliases.items():
+        if alias.k is not None and alias.k > size:
+            raise ConfigError(f"Alias '{name}' has k={alias.k}; the pool has {size} experts.")
+        if alias.router is not None and alias.router not in ROUTERS and alias.router != "auto":
+            raise ConfigError(f"Alias '{name}': unknown router '{alias.router}'; available: "
+                              f"{', '.join(ROUTERS.names())}.")
+        if alias.aggregator is not None and alias.aggregator not in AGGREGATORS:
+            raise ConfigError(f"Alias '{name}': unknown aggregator '{alias.aggregator}'; "
+                              f"available: {', '.join(AGGREGATORS.names())}.")
+        if name in orch.specs:
+            raise ConfigError(f"Alias '{name}' is also an expert id of the pool; rename it.")
+
 
 def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_batch: int = 32,
               max_queue: int = 256, deadline_s: float | None = 300.0,
-              max_body_bytes: int = 1_000_000, min_experts_ok: int | None = None,
-              drain_timeout_s: float = 30.0) -> FastAPI:
+              max_body_bytes: int = 1_000_000, drain_timeout_s: float = 30.0,
+              served_model_name: str = "orchestrator", aliases: Mapping[str, Alias] | None = None,
+              host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
+              log_requests: bool = False, concurrency: int = 4) -> FastAPI:
     """A FastAPI app serving `orch` (which the caller owns and closes). `api_key` (None: no
-    auth) protects every route except /health. `min_experts_ok` overrides the orchestrator's
-    setting: fewer experts answering fails a mixture request with 503."""
-    if min_experts_ok is not None:
-        if min_experts_ok < 1:
-            raise ValueError(f"min_experts_ok must be >= 1; got {min_experts_ok}.")
-        orch.config = orch.config.model_copy(update={"min_experts_ok": min_experts_ok})
+    auth, and then only requests addressed to loopback, `host` or `allowed_hosts` are
+    answered) protects every route except /health and /version."""
     if max_body_bytes < 1 or window_s < 0 or max_batch < 1 or max_queue < 1:
         raise ValueError(f"build_app needs max_body_bytes, max_batch, max_queue >= 1 and "
                          f"window_s >= 0; got {max_body_bytes}, {max_batch}, {max_queue}, "
                          f"{window_s}.")
+    aliases = dict(aliases or {})
+    check_aliases(orch, aliases)
+    if served_model_name in orch.specs or served_model_name in aliases:
+        raise ConfigError(f"The served model name '{served_model_name}' is also an expert id "
+                          "or an alias; choose another --served-model-name.")
     settings = Settings(api_key or None, window_s, max_batch, max_queue, deadline_s,
-                        max_body_bytes, drain_timeout_s)
-    metrics = Metrics()
-    serving = Serving(orch, settings, metrics)
+                        max_body_bytes, drain_timeout_s, served_model_name, aliases, host,
+                        tuple(allowed_hosts), log_requests, concurrency)
+    serving = Serving(orch, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -335,16 +335,23 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
                   openapi_url=None)  # every route but /health needs the key: no open docs
     app.state.serving = serving
     app.include_router(api)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(route_api)
+    app.add_middleware(MetricsMiddleware, metrics=serving.metrics)
+    app.add_middleware(Frontline, policy=HostPolicy(host, allowed_hosts),
+                       keyed=lambda: bool(settings.api_key), draining=lambda: serving.draining)
 
     @app.get("/health")
     async def health() -> Response:
         status = serving.health()
         return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
+    @app.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": __version__})
+
     @app.get("/metrics", dependencies=[Depends(require_api_key)])
     async def prometheus() -> Response:
-        return Response(metrics.render(orch, serving.batcher), media_type=CONTENT_TYPE)
+        return Response(serving.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> Response:

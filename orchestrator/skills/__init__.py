@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..data import DEFAULT_VOCABULARY
 from .annotators import Annotator, EmbeddingAnnotator, FieldAnnotator, LLMAnnotator
 from .embedder import Embedder
 from .vocabulary import Vocabulary, load_vocabulary, map_keywords
-
-DEFAULT_VOCABULARY = Path(__file__).resolve().parents[2] / "skills" / "general.yaml"
 
 
 def make_annotator(orch) -> Annotator:

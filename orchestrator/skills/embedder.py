@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelNotFoundError
+from ..extras import require_installed
 from ..modelref import cache_dir
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Embedder:
 
     def _load(self):
         if self._model is None:
+            require_installed(("torch", "sentence_transformers"), "the embedding annotator")
             import torch
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging

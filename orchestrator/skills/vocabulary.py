@@ -1,5 +1,8 @@
 """Skill vocabularies (`skills/*.yaml`: a name and a list of short skill phrases) and the
-nearest-neighbour mapping of free keywords onto a vocabulary (Symbolic-MoE section 3.1)."""
+nearest-neighbour mapping of free keywords onto a vocabulary (Symbolic-MoE section 3.1).
+
+The default vocabulary ships inside the package (`orchestrator/data/skills/general.yaml`; the
+repository's `skills/general.yaml` links to it)."""
 
 from __future__ import annotations
 

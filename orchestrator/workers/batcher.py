@@ -1,8 +1,12 @@
 """An asyncio micro-batcher: coalesce concurrent requests into one batched, synchronous model call.
 
 Requests that arrive within `window_s` of the first waiting one are cut into one batch (or
-sooner, once `max_batch` are waiting); the batch runs in a dedicated worker thread, one batch
-at a time, so the event loop keeps serving while models run. The queue is bounded (admission
+sooner, once `max_batch` are waiting); the batch runs in a worker thread, so the event loop
+keeps serving while models run. Up to `concurrency` batches run at once (default 1: one at a
+time); a batch is cut only when a slot is free, so while all slots are busy the queue keeps
+coalescing. With the grouped executor behind it (one lock per placement, workers/executor.py),
+`concurrency > 1` means a batch that waits on a hung placement never holds up a later batch
+for other placements. The queue is bounded (admission
 control: vLLM `--max-num-queued-reqs`, TGI `--max-concurrent-requests`, Ollama
 `OLLAMA_MAX_QUEUE`; see shared/reference/serving-behaviours.md 2c-2d).
 
@@ -64,11 +68,13 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int = 32,
         max_queue: int = 256,
         name: str = "orchestrator",
+        concurrency: int = 1,
     ):
-        if window_s < 0 or max_batch < 1 or max_queue < 1:
+        if window_s < 0 or max_batch < 1 or max_queue < 1 or concurrency < 1:
             raise ValueError(
-                f"MicroBatcher needs window_s >= 0, max_batch >= 1 and max_queue >= 1; "
-                f"got window_s={window_s}, max_batch={max_batch}, max_queue={max_queue}."
+                f"MicroBatcher needs window_s >= 0, max_batch >= 1, max_queue >= 1 and "
+                f"concurrency >= 1; got window_s={window_s}, max_batch={max_batch}, "
+                f"max_queue={max_queue}, concurrency={concurrency}."
             )
         if inspect.iscoroutinefunction(process_batch):
             raise TypeError(
@@ -78,9 +84,12 @@ class MicroBatcher(Generic[T, R]):
         self._process_batch = process_batch
         self._wants_cancelled = _accepts_cancelled(process_batch)
         self.window_s, self.max_batch, self.max_queue, self.name = window_s, max_batch, max_queue, name
+        self.concurrency = concurrency
 
         self._queue: deque[Pending[T, R]] = deque()
-        self._batch: list[Pending[T, R]] = []  # the batch in flight
+        self._batches: list[list[Pending[T, R]]] = []  # the batches in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
         self._changed = asyncio.Event()  # queue grew or shrank, or draining began
         self._idle = asyncio.Event()  # nothing queued and nothing in flight
         self._idle.set()
@@ -107,7 +116,7 @@ class MicroBatcher(Generic[T, R]):
 
     @property
     def in_flight(self) -> int:
-        return len(self._batch)
+        return sum(len(b) for b in self._batches)
 
     @property
     def accepting(self) -> bool:
@@ -120,9 +129,9 @@ class MicroBatcher(Generic[T, R]):
 
     def retry_after_s(self) -> float:
         """Whole seconds until the queue is likely to have room: batches ahead x mean batch time."""
-        batches_ahead = math.ceil(len(self._queue) / self.max_batch) + (1 if self._batch else 0)
+        batches_ahead = math.ceil(len(self._queue) / self.max_batch) + len(self._batches)
         per_batch = self.mean_batch_s or self.window_s
-        return float(max(1, math.ceil(batches_ahead * per_batch)))
+        return float(max(1, math.ceil(math.ceil(batches_ahead / self.concurrency) * per_batch)))
 
     # -- submit -------------------------------------------------------------------------------
 
@@ -174,23 +183,46 @@ class MicroBatcher(Generic[T, R]):
         return True
 
     def _update_idle(self) -> None:
-        if self._queue or self._batch:
+        if self._queue or self._batches:
             self._idle.clear()
         else:
             self._idle.set()
 
-    # -- the runner: cut batches and run them one at a time -----------------------------------
+    # -- the runner: cut batches when a slot is free and run them -----------------------------
 
     def _ensure_running(self) -> None:
         if self._runner is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-batch")
+            self._executor = ThreadPoolExecutor(max_workers=self.concurrency,
+                                                thread_name_prefix=f"{self.name}-batch")
+            self._slots = asyncio.Semaphore(self.concurrency)
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-batcher")
 
     async def _run(self) -> None:
+        assert self._slots is not None
         while True:
-            batch = await self._next_batch()
-            if batch:
-                await self._run_batch(batch)
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            self._batches.append(batch)  # before the next cut, so in_flight counts it
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(lambda t, b=batch: self._batch_done(t, b))
+
+    def _batch_done(self, task: asyncio.Task[None], batch: list[Pending[T, R]]) -> None:
+        self._tasks.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+        if batch in self._batches:  # cancelled before it started: answer everyone
+            self._batches.remove(batch)
+            for pending in batch:
+                self._fail(pending, "its batch was stopped")
+            self._update_idle()
 
     async def _next_batch(self) -> list[Pending[T, R]]:
         while True:
@@ -210,7 +242,6 @@ class MicroBatcher(Generic[T, R]):
         return [p for p in batch if not p.future.done()]
 
     async def _run_batch(self, batch: list[Pending[T, R]]) -> None:
-        self._batch = batch
         items = [p.item for p in batch]
         args: tuple[Any, ...] = (items,)
         if self._wants_cancelled:
@@ -243,7 +274,7 @@ class MicroBatcher(Generic[T, R]):
                 if not pending.future.done():
                     pending.abandoned = True
                     pending.future.set_exception(ShuttingDownError(self.name, "its batch was stopped"))
-            self._batch = []
+            self._batches.remove(batch)
             self._update_idle()
 
     def _record(self, size: int, seconds: float) -> None:
@@ -269,8 +300,9 @@ class MicroBatcher(Generic[T, R]):
         detail = f"the request did not finish within the drain timeout of {timeout_s:g}s"
         while self._queue:
             self._fail(self._queue.popleft(), detail)
-        for pending in self._batch:  # a running batch cannot be interrupted; its results are dropped
-            self._fail(pending, detail)
+        for batch in self._batches:  # a running batch cannot be interrupted; its results are dropped
+            for pending in batch:
+                self._fail(pending, detail)
         self._update_idle()
         return False
 
@@ -285,7 +317,9 @@ class MicroBatcher(Generic[T, R]):
         await self.drain(timeout_s)
         if self._runner is not None:
             self._runner.cancel()
-            await asyncio.wait([self._runner])
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.wait([self._runner, *self._tasks])
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -2,23 +2,37 @@
 
 `grouped` (Symbolic-MoE section 3.4): requests are grouped by expert, each expert is loaded once
 and generates all its prompts in batches of `batch_size`; experts already resident go first and
-experts sharing a base model sit next to each other, so loads are minimal. `naive`: the
-per-instance baseline, which loads the expert for every single request.
+experts sharing a base model sit next to each other, so loads are minimal. Experts on different
+placements (GPUs, servers; `placement.py`) run at the same time, one worker thread per
+placement, each keeping that schedule; a placement serves one execution at a time, so
+concurrent `execute` calls (the server's batches) wait only for the placements they share.
+`naive`: the per-instance baseline, which loads the expert for every single request.
+
+`on_batch(results)` (an `execute` argument, or the executor's `on_batch` attribute, which the
+generation store sets; both are called when both are set) receives each finished batch, failed
+ones included, in the thread that called `execute` (a store writing there needs no locking).
+With one placement that happens before the next batch starts; with several, the other
+placements go on meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import OrchestratorError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
+from .placement import Lane, assign, resolved_spec
 from .progress import make_progress
-from .residency import Residency
+from .residency import DEFAULT_PLACEMENT, Residency
 from .stats import ExecutionStats
 
 log = logging.getLogger(__name__)
+
+OnBatch = Callable[[list[GenerationResult]], None]
 
 
 def _fail_all(requests, message: str) -> list[GenerationResult]:
@@ -45,8 +59,21 @@ def _prompt_chars(request: GenerationRequest) -> int:
 class ExecutorBase:
     name = "base"
 
-    def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False):
+    def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False,
+                 on_batch: OnBatch | None = None, gpus: Sequence[int] | None = None):
         self.residency, self.batch_size, self.progress = residency, batch_size, progress
+        self.on_batch = on_batch
+        self.gpus = list(gpus) if gpus else None
+
+    def _hook(self, on_batch: OnBatch | None) -> OnBatch:
+        """The callbacks for finished batches: the argument and the attribute, in that order."""
+        hooks = [h for h in (on_batch, self.on_batch) if h is not None]
+
+        def call(results: list[GenerationResult]) -> None:
+            for hook in hooks:
+                hook(results)
+
+        return call
 
     @property
     def specs(self) -> dict[str, ExpertSpec]:
@@ -66,16 +93,23 @@ class ExecutorBase:
             results = _fail_all(batch, f"{type(err).__name__}: {err}")
         s.generate_s += time.perf_counter() - start
         s.calls += len(batch)
+        take_failovers = getattr(backend, "take_failovers", None)
+        if take_failovers is not None:
+            s.failovers += take_failovers(expert_id)
         for res in results:
             s.tokens_in += res.tokens_in
             s.tokens_out += res.tokens_out
             s.errors += res.error is not None
         return results
 
-    def _load(self, expert_id: str, stats: ExecutionStats) -> str | None:
+    def _load(self, expert_id: str, stats: ExecutionStats, lane: Lane | None = None) -> str | None:
         """Load if needed; returns an error message instead of raising."""
         try:
-            self.residency.ensure(expert_id, stats)
+            if lane is None:
+                self.residency.ensure(expert_id, stats)
+            else:
+                spec = resolved_spec(self.specs[expert_id], lane)
+                self.residency.ensure(expert_id, stats, lane.key, spec)
         except OrchestratorError as err:
             return f"loading expert '{expert_id}' failed: {err}"
         except Exception as err:
@@ -84,63 +118,203 @@ class ExecutorBase:
         return None
 
     def execute(
-        self, requests: Sequence[GenerationRequest]
+        self, requests: Sequence[GenerationRequest], on_batch: OnBatch | None = None
     ) -> tuple[list[GenerationResult], ExecutionStats]:
         raise NotImplementedError
+
+
+class _Run:
+    """One `execute` call's cancellation: all placements, or some."""
+
+    def __init__(self) -> None:
+        self.everything = threading.Event()
+        self.lanes: set[str] = set()
+
+    def cancel(self, placement: str | None = None) -> None:
+        if placement is None:
+            self.everything.set()
+        else:
+            self.lanes.add(placement)
+
+    def cancelled(self, placement: str) -> bool:
+        return self.everything.is_set() or placement in self.lanes
 
 
 class GroupedExecutor(ExecutorBase):
     name = "grouped"
 
-    def plan(self, experts: Sequence[str]) -> list[str]:
+    def __init__(self, residency: Residency, batch_size: int = 16, progress: bool = False,
+                 on_batch: OnBatch | None = None, gpus: Sequence[int] | None = None):
+        super().__init__(residency, batch_size, progress, on_batch, gpus)
+        self._lane_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._runs: set[_Run] = set()
+
+    def plan(self, experts: Sequence[str], placement: str | None = None) -> list[str]:
         """Resident experts first (least recently used first, before anything evicts them);
         then the rest, experts on the same backend and base model next to each other."""
-        resident = [e for e in self.residency.resident if e in experts]
+        loaded = (self.residency.resident if placement is None
+                  else self.residency.resident_on(placement))
+        resident = [e for e in loaded if e in experts]
         rest = [e for e in experts if e not in resident]
         first_pos = {e: i for i, e in enumerate(rest)}
 
         def key(e: str):
-            spec = self.specs[e]
-            return (spec.backend, spec.model, first_pos[e])
+            spec = self.specs.get(e)  # an unknown expert fails when it loads
+            return (spec.backend, spec.model, first_pos[e]) if spec else ("", "", first_pos[e])
 
         return resident + sorted(rest, key=key)
 
-    def execute(self, requests):
+    def placements(self, requests: Sequence[GenerationRequest]) -> dict[str, Lane]:
+        """expert -> placement for these requests (see placement.py)."""
+        work: dict[str, float] = {}
+        for r in requests:
+            work[r.expert] = work.get(r.expert, 0.0) + r.sampling.max_tokens
+        known = {e: w for e, w in work.items() if e in self.specs}
+        lanes = assign(known, self.specs, self.residency.backends.for_expert, self.gpus,
+                       self.residency.placement_of)
+        return {e: lanes.get(e, Lane(DEFAULT_PLACEMENT)) for e in work}  # unknown: load fails
+
+    def cancel(self, placement: str | None = None) -> None:
+        """Stop running executions at their next batch (one placement, or all); what did not
+        run fails with a `cancelled` error."""
+        with self._guard:
+            for run in self._runs:
+                run.cancel(placement)
+
+    def _lane_lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._lane_locks.setdefault(key, threading.Lock())
+
+    def execute(self, requests, on_batch=None):
         start = time.perf_counter()
-        stats = ExecutionStats()
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.expert, []).append(i)
+        lanes = self.placements(requests)
+        by_lane: dict[Lane, list[str]] = {}
+        for expert_id in groups:
+            by_lane.setdefault(lanes[expert_id], []).append(expert_id)
         results: list[GenerationResult | None] = [None] * len(requests)
-        with make_progress(self.progress) as bar:
-            order = self.plan(list(groups))
-            for expert_id in order:
-                bar.add(expert_id, len(groups[expert_id]))
-            for expert_id in order:
-                # similar lengths in one batch waste less compute on padding
-                idx = sorted(groups[expert_id], key=lambda i: _prompt_chars(requests[i]))
-                error = self._load(expert_id, stats)
-                if error is not None:
-                    stats.expert(expert_id).errors += len(idx)
-                    for i in idx:
-                        results[i] = GenerationResult(requests[i], error=error)
-                    bar.advance(expert_id, len(idx))
-                    continue
-                for lo in range(0, len(idx), self.batch_size):
-                    chunk = idx[lo : lo + self.batch_size]
-                    for i, res in zip(chunk, self._generate(expert_id, [requests[i] for i in chunk], stats)):
-                        results[i] = res
-                    bar.advance(expert_id, len(chunk))
+        hook = self._hook(on_batch)
+        lane_stats = {lane: ExecutionStats() for lane in by_lane}
+        run = _Run()
+        with self._guard:
+            self._runs.add(run)
+        try:
+            with make_progress(self.progress) as bar:
+                label = (lambda e, lane: f"{e} @{lane.key}") if len(by_lane) > 1 else (
+                    lambda e, lane: e)
+                for lane, experts in by_lane.items():
+                    for e in experts:
+                        bar.add(label(e, lane), len(groups[e]))
+
+                def work(lane: Lane, emit: Callable[[list[GenerationResult]], None]) -> None:
+                    def done(expert_id: str, idx: list[int], res: list[GenerationResult]) -> None:
+                        for i, r in zip(idx, res):
+                            results[i] = r
+                        bar.advance(label(expert_id, lane), len(idx))
+                        emit(res)
+
+                    self._run_lane(lane, by_lane[lane], groups, requests, lane_stats[lane],
+                                   run, done)
+
+                if len(by_lane) <= 1:  # one placement: in this thread, as before placements
+                    for lane in by_lane:
+                        work(lane, hook)
+                else:
+                    self._run_lanes(by_lane, work, hook, run)
+        finally:
+            with self._guard:
+                self._runs.discard(run)
+        for i, r in enumerate(results):  # a worker that died (a bug) must not lose requests
+            if r is None:
+                results[i] = GenerationResult(requests[i], error="its placement worker stopped "
+                                              "unexpectedly (see the log)")
+        stats = ExecutionStats()
+        for s in lane_stats.values():
+            stats.merge(s)
         stats.wall_s = time.perf_counter() - start
         return results, stats
+
+    def _run_lanes(self, by_lane, work, on_batch: OnBatch, run: _Run) -> None:
+        """One daemon thread per placement; finished batches come back through a queue so
+        that `on_batch` runs in this thread."""
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        done_marker = object()
+
+        def body(lane: Lane) -> None:
+            try:
+                work(lane, finished.put)
+            except Exception:
+                log.exception("placement %s stopped", lane.key)
+            finally:
+                finished.put(done_marker)
+
+        threads = [threading.Thread(target=body, args=(lane,), daemon=True,
+                                    name=f"placement-{lane.key}") for lane in by_lane]
+        for t in threads:
+            t.start()
+        running = len(threads)
+        try:
+            while running:
+                try:
+                    item = finished.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is done_marker:
+                    running -= 1
+                else:
+                    on_batch(item)
+        except BaseException:  # Ctrl-C or a failing on_batch: stop every placement, re-raise
+            run.cancel()
+            raise
+
+    def _run_lane(self, lane: Lane, experts: list[str], groups: dict[str, list[int]],
+                  requests, stats: ExecutionStats, run: _Run, done) -> None:
+        """The grouped schedule of one placement, holding that placement."""
+        ps = stats.placement(lane.key)
+        ps.experts = len(experts)
+        ps.requests = sum(len(groups[e]) for e in experts)
+        with self._lane_lock(lane.key):
+            started = time.perf_counter()
+            for expert_id in self.plan(experts, lane.key):
+                # similar lengths in one batch waste less compute on padding
+                idx = sorted(groups[expert_id], key=lambda i: _prompt_chars(requests[i]))
+                try:
+                    self._run_expert(lane, expert_id, idx, requests, stats, run, done)
+                except Exception as err:  # a bug here fails this expert, not the placement
+                    log.debug("placement %s failed on %s", lane.key, expert_id, exc_info=True)
+                    done(expert_id, idx, _fail_all([requests[i] for i in idx],
+                                                   f"{type(err).__name__}: {err}"))
+            ps.busy_s = time.perf_counter() - started
+
+    def _run_expert(self, lane: Lane, expert_id: str, idx: list[int], requests,
+                    stats: ExecutionStats, run: _Run, done) -> None:
+        cancelled = f"cancelled before it ran (placement {lane.key})"
+        if run.cancelled(lane.key):
+            done(expert_id, idx, _fail_all([requests[i] for i in idx], cancelled))
+            return
+        error = self._load(expert_id, stats, lane)
+        if error is not None:
+            stats.expert(expert_id).errors += len(idx)
+            done(expert_id, idx, _fail_all([requests[i] for i in idx], error))
+            return
+        for lo in range(0, len(idx), self.batch_size):
+            if run.cancelled(lane.key):
+                done(expert_id, idx[lo:], _fail_all([requests[i] for i in idx[lo:]], cancelled))
+                return
+            chunk = idx[lo : lo + self.batch_size]
+            done(expert_id, chunk, self._generate(expert_id, [requests[i] for i in chunk], stats))
 
 
 class NaiveExecutor(ExecutorBase):
     name = "naive"
 
-    def execute(self, requests):
+    def execute(self, requests, on_batch=None):
         start = time.perf_counter()
         stats = ExecutionStats()
+        hook = self._hook(on_batch)
         self.residency.release_all()
         results: list[GenerationResult] = []
         with make_progress(self.progress) as bar:
@@ -153,11 +327,14 @@ class NaiveExecutor(ExecutorBase):
                 error = self._load(r.expert, stats)
                 if error is not None:
                     stats.expert(r.expert).errors += 1
-                    results.append(GenerationResult(r, error=error))
+                    batch = [GenerationResult(r, error=error)]
                 else:
-                    results.extend(self._generate(r.expert, [r], stats))
+                    batch = self._generate(r.expert, [r], stats)
                     self.residency.release(r.expert, stats)
+                results.extend(batch)
+                hook(batch)
                 bar.advance(r.expert, 1)
+        stats.placement(DEFAULT_PLACEMENT).requests = len(requests)
         stats.wall_s = time.perf_counter() - start
         return results, stats
 

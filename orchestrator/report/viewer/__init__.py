@@ -1,0 +1,1 @@
+"""The viewer's JavaScript and CSS (package data), inlined into report.html by html_page."""
