@@ -10,7 +10,7 @@ from typing import Any
 
 from .backends.base import BackendContext
 from .config import PoolConfig, RunConfig, load_config, load_pool
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, MissingExtraError, UnknownNameError
 from .generation import Generation
 from .inputs import check_configs, to_queries, to_query
 from .pipeline import Overrides, Pipeline
@@ -156,7 +156,15 @@ class Orchestrator:
                 if getattr(spec, key) and not getattr(backend, capability, False):
                     raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
                                       f"'{spec.backend}' cannot serve; use backend: transformers.")
-            rows.append((spec, backend.check(spec)))
+            try:
+                rows.append((spec, backend.check(spec)))
+            except MissingExtraError:
+                if self.real_specs is self.specs:
+                    raise
+                # a dry run needs no backend package (only fake answers): check what can be
+                # checked without it, the options
+                backend.options(spec)
+                rows.append((spec, f"{spec.model or '-'} (backend package not installed)"))
         return rows
 
     # -- annotation -------------------------------------------------------------------------
