@@ -70,6 +70,11 @@ class UnknownModelError(UserError):
         self.param = "model"
 
 
+class StoreError(UserError):
+    """The generation store cannot be used as given (corrupt, read-only, full, newer schema);
+    the message names the file and how to fix it."""
+
+
 class BackendError(OrchestratorError):
     """A backend failed as a whole (could not load a model, server unreachable...)."""
 

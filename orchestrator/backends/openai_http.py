@@ -113,7 +113,7 @@ class OpenAIHTTPBackend(BaseBackend):
         key = self._api_key(expert, opts)
         if probe:  # every replica when base_url lists several
             for url in opts.urls:
-                self._probe(expert, opts, key, url)
+                self._check_server(expert, opts, key, url)
         return f"{' | '.join(opts.urls)} model={served_name(expert, opts)}"
 
     def default_placement(self, expert: ExpertSpec) -> str | None:
@@ -132,7 +132,7 @@ class OpenAIHTTPBackend(BaseBackend):
         with self._counter_lock:
             self._failovers[expert_id] = self._failovers.get(expert_id, 0) + 1
 
-    def _probe(self, expert: ExpertSpec, opts: OpenAIHTTPOptions, key: str | None,
+    def _check_server(self, expert: ExpertSpec, opts: OpenAIHTTPOptions, key: str | None,
                base_url: str) -> None:
         """GET {base_url}/models within PROBE_TIMEOUT_S: the server answers and lists the model
         this expert sends."""

@@ -19,8 +19,27 @@ def render_prompt(tokenizer, messages) -> str:
     training prompts with this same function."""
     turns = [{"role": m.role, "content": m.content} for m in messages]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        try:
+            return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        except Exception:
+            if not any(t["role"] == "system" for t in turns):
+                raise
+            # Templates without a system role (Gemma-2 raises "System role not supported"):
+            # the system prompt goes in front of the first user turn, as their model cards do.
+            return tokenizer.apply_chat_template(fold_system(turns), add_generation_prompt=True,
+                                                 tokenize=False)
     return "\n\n".join(m["content"] for m in turns) + "\n\n"
+
+
+def fold_system(turns: list[dict]) -> list[dict]:
+    """[system, user, ...] -> [user("system\\n\\nuser"), ...]; other turns unchanged."""
+    system = "\n\n".join(t["content"] for t in turns if t["role"] == "system")
+    rest = [dict(t) for t in turns if t["role"] != "system"]
+    for turn in rest:
+        if turn["role"] == "user":
+            turn["content"] = f"{system}\n\n{turn['content']}" if system else turn["content"]
+            return rest
+    return [{"role": "user", "content": system}, *rest]
 
 
 def warn_prompt_mismatch(expert: ExpertSpec, path: Path) -> None:

