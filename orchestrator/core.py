@@ -75,7 +75,10 @@ class Orchestrator:
         progress: bool = False,
         dry_run: bool = False,
         model_name: str = "orchestrator",
+        store: Any = None,
     ):
+        """`store`: a generation store (a `GenerationStore` or the path of one) that every
+        generation is looked up in first and written to as batches finish; None: none."""
         check_configs(pool, config)  # a path or a dict here is a ConfigError, not AttributeError
         self.pool = pool
         self.config = (config or RunConfig()).resolved()
@@ -102,9 +105,17 @@ class Orchestrator:
             self.profile = Profile.load(self.config.profile, pool.expert_ids)
         self._embedder = None
         self._annotator = None
-        self.executor = EXECUTORS[self.config.executor](
+        executor = EXECUTORS[self.config.executor](
             self.residency, self.config.batch_size, progress, gpus=pool.gpus
         )
+        self.store, self._owns_store = None, False
+        if store is not None:
+            from .store import GenerationStore, StoredExecutor
+
+            self._owns_store = not isinstance(store, GenerationStore)
+            self.store = store if not self._owns_store else GenerationStore(store)
+            executor = StoredExecutor(executor, self.store)
+        self._executor = executor
         self.k = self.config.effective_k()
         check_k(self.k, pool)  # before any model loads
         if self.config.experts:
@@ -113,13 +124,24 @@ class Orchestrator:
         self.generation = Generation(
             specs, Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature,
                             top_p=gen.top_p, seed=self.config.seed),
-            self.executor, self.config.aggregation, max_tokens_override=self.config.max_tokens)
+            executor, self.config.aggregation, max_tokens_override=self.config.max_tokens)
         self.pipeline = Pipeline(pool, self.config, self.generation, profile=self.profile,
                                  featurizer=self.features)
         self.router = self.pipeline.router()  # built now: a bad router fails before any load
         self.aggregator = self.pipeline.aggregator()
         self.stage_s: dict[str, float] = {}
         self.model_name = model_name
+
+    @property
+    def executor(self):
+        """The grouped executor (behind the generation store when there is one)."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor) -> None:
+        """Put a wrapper in front (a cache, a store): the pipeline generates through it."""
+        self._executor = executor
+        self.generation.executor = executor
 
     @property
     def totals(self) -> ExecutionStats:
@@ -134,13 +156,14 @@ class Orchestrator:
         *,
         progress: bool = False,
         dry_run: bool = False,
+        store: Any = None,
         **overrides: Any,
     ) -> Orchestrator:
         """Build from a pool manifest and an optional run preset; keyword overrides
         (k=, router=, experts=, aggregator=, executor=, batch_size=, max_tokens=, seed=...)
         replace single fields of the preset."""
         run_config = load_config(config).with_overrides(**overrides)
-        return cls(load_pool(pool), run_config, progress=progress, dry_run=dry_run)
+        return cls(load_pool(pool), run_config, progress=progress, dry_run=dry_run, store=store)
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -269,6 +292,8 @@ class Orchestrator:
     def close(self) -> None:
         self.residency.release_all()
         self.backends.close()
+        if self._owns_store and self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> Orchestrator:
         return self

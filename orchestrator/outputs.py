@@ -132,6 +132,24 @@ def escalation_record(result: RunResult) -> dict[str, Any]:
     }
 
 
+def k_record(result: RunResult) -> dict[str, Any]:
+    """How many experts the router chose per question (with k by evidence, k is a cap): the
+    mean, the distribution, and the mean per skill."""
+    sizes: dict[str, int] = {}
+    per_skill: dict[str, list[int]] = {}
+    for a in result.answers:
+        n = len(a.selection.experts)
+        sizes[str(n)] = sizes.get(str(n), 0) + 1
+        for skill in a.selection.skills:
+            per_skill.setdefault(skill, []).append(n)
+    return {
+        "cap": result.k,
+        "mean": round(result.mean_k, 3),
+        "distribution": dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
+        "per_skill": {s: round(sum(v) / len(v), 2) for s, v in sorted(per_skill.items())},
+    }
+
+
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
@@ -148,6 +166,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "aggregated_by": _methods(result),
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "escalation": escalation_record(result),
+        "k_chosen": k_record(result),
         "executor": result.config.executor,
         "pool": result.pool.name,
         "pool_experts": result.pool.expert_ids,

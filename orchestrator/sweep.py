@@ -1,7 +1,7 @@
 """The k sweep: the same questions at several k through the one pipeline (`Overrides(k=...)` per
-call, nothing mutated), every expert output generated once (the pipeline runs over a
-CachingExecutor in front of the orchestrator's executor: at k=3 the answers of the k=2 experts
-are reused), then accuracy against expert calls.
+call, nothing mutated), every expert output generated once (through the orchestrator's
+generation store when it has one, else an in-memory CachingExecutor: at k=3 the answers of the
+k=2 experts are reused), then accuracy against expert calls.
 
 Outputs: DIR/k{K}/results.jsonl + summary.json per k, and DIR/sweep.json
 (`{"bench", "pool", "router", "rows": [...]}`), DIR/sweep.md and DIR/sweep.png.
@@ -59,8 +59,11 @@ def run_sweep(orch, queries: Sequence[Query], ks: Sequence[int],
     """One row per k, in the order given. With `out_dir`, each k's results.jsonl and
     summary.json are written to out_dir/k{K}/ as soon as that k is done."""
     check_ks(ks, orch.pool, orch.config)
-    cache = CachingExecutor(orch.executor)
-    pipeline = orch.pipeline.using(cache)  # every (expert, prompt) generated once over all k
+    if getattr(orch, "store", None) is not None:  # the store already answers what was made
+        cache, pipeline = orch.executor, orch.pipeline
+    else:  # every (expert, prompt) generated once over all k, in memory
+        cache = CachingExecutor(orch.executor)
+        pipeline = orch.pipeline.using(cache)
     rows = []
     for k in ks:
         before = cache.misses

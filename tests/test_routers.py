@@ -195,3 +195,30 @@ def test_ensemble_needs_a_profile_with_answers(tmp_path):
     old.val_answers = None
     with pytest.raises(RoutingError, match="rebuild it with `orchestrate profile`"):
         EnsembleRouter(pool, RunConfig(k=3), old)
+
+
+def test_ensemble_chooses_k_by_evidence_up_to_the_cap(tmp_path):
+    """With k as a cap, each query takes the ensemble size whose vote did best on validation:
+    the (a1, b, c) vote beats every pair, every quadruple and every single expert; when one
+    expert is always right, it alone (a tie with larger ensembles goes to the smaller)."""
+    from orchestrator.config import RunConfig, load_pool
+    from orchestrator.routing.ensemble import EnsembleRouter
+
+    from .conftest import write_pool
+
+    pool = load_pool(write_pool(tmp_path / "p.yaml", [{"id": e, "backend": "fake"}
+                                                      for e in ("a1", "a2", "b", "c")]))
+    feats = QueryFeatures([("general",)], [(0,)])
+    q = [Query("q", "?")]
+    config = RunConfig(k=4, routing={"k_by_evidence": True})
+    (ens,) = EnsembleRouter(pool, config, clone_world_profile()).select(q, 4, feats)
+    assert set(ens.experts) == {"a1", "b", "c"} and ens.evidence["k_chosen_by"] == "evidence"
+    oracle = clone_world_profile()
+    oracle.val_answers[:, 2] = 1  # b is always right
+    oracle.val_correct = oracle.val_answers == 1
+    oracle.n_correct = oracle.val_correct.sum(0)
+    oracle.correct = oracle.n_correct[:, None]
+    (alone,) = EnsembleRouter(pool, config, oracle).select(q, 4, feats)
+    assert alone.experts == ("b",)
+    (fixed,) = EnsembleRouter(pool, RunConfig(k=4), oracle).select(q, 4, feats)
+    assert len(fixed.experts) == 4

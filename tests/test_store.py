@@ -174,7 +174,8 @@ def flaky_orchestrator(tmp_path, n_experts=2, batch_size=2):
     from orchestrator.config import RunConfig, load_pool
 
     orch = Orchestrator(load_pool(pool), RunConfig(router="fixed", k=n_experts,
-                                                   batch_size=batch_size),
+                                                   batch_size=batch_size,
+                                                   escalation={"mode": "none"}),
                         backends={"flaky": backend})
     return orch, backend
 
@@ -203,8 +204,8 @@ def test_second_run_comes_from_the_store_and_errors_are_retried(tmp_path):
         backend.calls.clear()
         third = orch.evaluate(questions)
         assert backend.calls == [] and third.stats.from_store == 10
-        requests = orch.requests_for([a.query for a in third.answers],
-                                     [a.selection for a in third.answers])
+        requests = [orch.generation.request(e, a.query, 0) for a in third.answers
+                    for e in a.selection.experts]
         assert orch.executor.count_present(requests) == (10, 10)
 
 
@@ -299,7 +300,7 @@ def test_replay_pool_answers_are_identical_through_the_store(tmp_path):
         pytest.skip("../shared/data is not present")
     queries = read_benchmark(bench, limit=60)
     pool = ROOT / "pools" / "replay-mmlu-pro-small.yaml"
-    with Orchestrator.from_files(pool, router="fixed", k=3) as orch:
+    with Orchestrator.from_files(pool, router="fixed", k=3, escalation={"mode": "none"}) as orch:
         plain = orch.evaluate(queries)
         with GenerationStore(tmp_path / "s.sqlite") as store:
             orch.executor = StoredExecutor(orch.executor, store)
@@ -319,7 +320,8 @@ from orchestrator.store import GenerationStore, StoredExecutor
 pool, store_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 questions = [{"id": f"q{i}", "question": f"Question number {i}?", "options": ["a", "b"]}
              for i in range(n)]
-with Orchestrator.from_files(pool, router="fixed", k=2, batch_size=2) as orch, \
+with Orchestrator.from_files(pool, router="fixed", k=2, batch_size=2,
+                             escalation={"mode": "none"}) as orch, \
         GenerationStore(store_path) as store:
     ex = orch.executor = StoredExecutor(orch.executor, store)
     result = orch.evaluate(questions)

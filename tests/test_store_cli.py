@@ -46,8 +46,8 @@ def run_stored(pool: Path, queries, store: Path, **overrides):
     with Orchestrator.from_files(pool, **overrides) as orch, GenerationStore(store) as db:
         orch.executor = StoredExecutor(orch.executor, db, extract=query_extractor(queries))
         result = orch.evaluate(queries)
-        keys = orch.executor.keys.keys(orch.requests_for(queries, [a.selection for a in
-                                                                  result.answers]))
+        keys = orch.executor.keys.keys([orch.generation.request(o.expert, a.query, 0)
+                                        for a in result.answers for o in a.outputs])
         stored = db.lookup(keys)
         # the stored answers are the ones the run read
         assert [stored[k].answer for k in keys] == [o.answer for a in result.answers
@@ -63,7 +63,8 @@ def test_export_then_replay_gives_the_same_per_expert_answers(tmp_path, fake_poo
     pool = fake_pool(3, resident_limit=3)
     store = tmp_path / "s.sqlite"
     queries = read_benchmark(bench)
-    original = run_stored(pool, queries, store, router="fixed", k=3)
+    original = run_stored(pool, queries, store, router="fixed", k=3,
+                          escalation={"mode": "none"})
 
     proc = orchestrate("store", "export", str(bench), "--pool", str(pool), "--out",
                        str(tmp_path / "out" / "rec.jsonl"), "--pool-out",
@@ -72,7 +73,8 @@ def test_export_then_replay_gives_the_same_per_expert_answers(tmp_path, fake_poo
     assert "exported 13 of 13 questions x 3 experts" in proc.stderr
     line = json.loads((tmp_path / "out" / "rec.jsonl").read_text().splitlines()[0])
     assert set(line["models"]) == {"e0", "e1", "e2"} and line["gold"] == "A"
-    with Orchestrator.from_files(tmp_path / "out" / "replay.yaml", router="fixed", k=3) as orch:
+    with Orchestrator.from_files(tmp_path / "out" / "replay.yaml", router="fixed", k=3,
+                                 escalation={"mode": "none"}) as orch:
         replayed = orch.evaluate(queries)
     assert per_expert(replayed) == per_expert(original)
     assert [a.final_answer for a in replayed.answers] == [a.final_answer for a in original.answers]
@@ -108,12 +110,14 @@ def test_a_real_replay_pool_exports_to_an_identical_replay_pool(tmp_path):
     queries = read_benchmark(bench)
     pool = ROOT / "pools" / "replay-mmlu-pro-small.yaml"
     store = tmp_path / "s.sqlite"
-    original = run_stored(pool, queries, store, router="fixed", k=13)
+    original = run_stored(pool, queries, store, router="fixed", k=13,
+                          escalation={"mode": "none"})
     proc = orchestrate("store", "export", str(bench), "--pool", str(pool), "--out",
                        str(tmp_path / "rec.jsonl"), "--pool-out", str(tmp_path / "again.yaml"),
                        store=store)
     assert proc.returncode == 0, proc.stderr
-    with Orchestrator.from_files(tmp_path / "again.yaml", router="fixed", k=13) as orch:
+    with Orchestrator.from_files(tmp_path / "again.yaml", router="fixed", k=13,
+                                 escalation={"mode": "none"}) as orch:
         replayed = orch.evaluate(queries)
     assert per_expert(replayed) == per_expert(original)
     assert replayed.accuracy == original.accuracy

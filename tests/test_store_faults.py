@@ -212,7 +212,7 @@ def test_a_store_filling_up_during_a_run_stops_it_with_the_one_line_error(tmp_pa
                                                    "e1": {"default": "y " * 2000}})
     questions = [f"Question {i}?" for i in range(40)]
     with GenerationStore(path) as store, Orchestrator.from_files(
-            pool, router="fixed", k=2, batch_size=4) as orch:
+            pool, router="fixed", k=2, batch_size=4, escalation={"mode": "none"}) as orch:
         pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
         store._conn.execute(f"PRAGMA max_page_count = {pages + 12}")
         orch.executor = StoredExecutor(orch.executor, store)

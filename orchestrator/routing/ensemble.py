@@ -73,7 +73,18 @@ class EnsembleRouter(RouterBase):
         self._tables: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
         k = config.effective_k()
         if 1 <= k <= len(self.graph.experts) and config.routing.max_experts is None:
-            self.table(k, list(range(len(self.graph.experts))))  # built once, like the graph
+            every = list(range(len(self.graph.experts)))  # built once, like the graph
+            self.sized(k, every) if opts.k_by_evidence else self.table(k, every)
+
+    def sized(self, cap: int, allowed: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        """k chosen by evidence: the candidates of every size 1..cap side by side (tuples of
+        different lengths, [S + 1, T1 + ... + Tcap] estimates), a hair lower the larger they
+        are so that a tie goes to the smaller, cheaper ensemble."""
+        parts = [self.table(size, allowed) for size in range(1, cap + 1)]
+        tuples = [row for size_tuples, _ in parts for row in size_tuples]
+        sizes = np.concatenate([np.full(t.shape[0], t.shape[1]) for t, _ in parts])
+        table = np.hstack([tab for _, tab in parts]) - 1e-6 * sizes[None, :]
+        return tuples, table
 
     def table(self, k: int, allowed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(candidate tuples [T, k], shrunk vote success per skill [S + 1, T]; last row global)."""
@@ -98,7 +109,7 @@ class EnsembleRouter(RouterBase):
         allowed = list(range(len(self.graph.experts)))
         if opts.max_experts is not None:
             allowed = choose_subset(per_expert, k, opts.max_experts).tolist()
-        tuples, table = self.table(k, allowed)
+        tuples, table = self.sized(k, allowed) if opts.k_by_evidence else self.table(k, allowed)
         m = self.graph.membership(features.skill_ids)  # [n, S]
         n_sk = m.sum(axis=1, keepdims=True)
         est = np.where(n_sk > 0, (m @ table[:-1]) / np.maximum(n_sk, 1), table[-1][None, :])
@@ -110,13 +121,14 @@ class EnsembleRouter(RouterBase):
         experts = self.graph.experts
         out = []
         for i, q in enumerate(queries):
-            chosen = [int(lead[i])] if sure[i] else tuples[best[i]].tolist()
+            chosen = [int(lead[i])] if sure[i] else list(tuples[best[i]])
             out.append(Selection(
                 q.id, tuple(experts[j] for j in chosen),
                 tuple(round(float(per_expert[i, j]), 4) for j in chosen),
                 {"profile": {experts[j]: self.graph.evidence(features.skill_ids[i], experts[j])
                              for j in chosen},
                  "ensemble_estimate": round(float(est[i, best[i]]), 4),
+                 "k_chosen_by": "evidence" if opts.k_by_evidence else "fixed",
                  "single_best_ensemble": round(float(table[-1].max()), 4)},
                 router=self.name, skills=tuple(features.skills[i]),
                 success={experts[j]: round(float(per_expert[i, j]), 4) for j in chosen},

@@ -10,6 +10,7 @@ A key repeated within one call is generated once, unless it is an unseeded sampl
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,7 +55,9 @@ def query_extractor(queries) -> Extract:
 
 
 def stored_result(request: GenerationRequest, stored: StoredGeneration) -> GenerationResult:
-    return GenerationResult(request, stored.text, stored.tokens_in, stored.tokens_out)
+    finish = stored.finish_reason if stored.finish_reason in ("stop", "length") else None
+    return GenerationResult(request, stored.text, stored.tokens_in, stored.tokens_out,
+                            finish_reason=finish)
 
 
 class StoredExecutor:
@@ -110,7 +113,7 @@ class StoredExecutor:
         self.written += len(rows)
 
     def execute(
-        self, requests: Sequence[GenerationRequest]
+        self, requests: Sequence[GenerationRequest], on_batch=None
     ) -> tuple[list[GenerationResult], ExecutionStats]:
         keys = self.keys.keys(requests)
         stored = self.store.lookup(keys, reuse_unseeded=self.reuse_unseeded)
@@ -131,7 +134,8 @@ class StoredExecutor:
             return results, stats  # type: ignore[return-value]
         misses = [requests[positions[0]] for positions in pending.values()]
         generated, stats = self._run(
-            misses, {id(requests[p[0]]): (requests[p[0]], keys[p[0]]) for p in pending.values()})
+            misses, {id(requests[p[0]]): (requests[p[0]], keys[p[0]]) for p in pending.values()},
+            on_batch)
         self.misses += len(misses)
         for positions, res in zip(pending.values(), generated):
             results[positions[0]] = res
@@ -141,7 +145,7 @@ class StoredExecutor:
         stats.from_store += from_store
         return results, stats  # type: ignore[return-value]
 
-    def _run(self, misses, keys: dict[int, tuple[GenerationRequest, bytes]]):
+    def _run(self, misses, keys: dict[int, tuple[GenerationRequest, bytes]], outer=None):
         """Run the misses with the on_batch hook set on the wrapped executor (restored
         afterwards). Each finished batch is committed before the next one starts; with
         `group_s`, batches that finish within `group_s` of the last commit wait for the next
@@ -161,6 +165,8 @@ class StoredExecutor:
             clock["commit"] = time.perf_counter()
 
         def finished(batch: list[GenerationResult]) -> None:
+            if outer is not None:  # a caller's own hook (an outer store)
+                outer(batch)
             with lock:
                 now = time.perf_counter()
                 seconds, clock["batch"] = (now - clock["batch"]) / max(1, len(batch)), now
@@ -168,26 +174,16 @@ class StoredExecutor:
                 if now - clock["commit"] >= self.group_s:
                     commit()
 
-        # an executor's own hook (a wrapper that delegates attributes has none of its own)
-        hooked = "on_batch" in getattr(inner, "__dict__", {})
-        previous = inner.on_batch if hooked else None
+        # the executors take the hook per call (safe when several executions run at once, as
+        # the server's batches do); a wrapper without the argument is written when it returns
+        takes_hook = "on_batch" in inspect.signature(inner.execute).parameters
         try:
-            if not hooked:
+            if not takes_hook:
                 generated, stats = inner.execute(misses)
                 finished(list(generated))
                 return generated, stats
-            inner.on_batch = finished if previous is None else _chain(previous, finished)
-            return inner.execute(misses)
+            return inner.execute(misses, on_batch=finished)
         finally:
-            if hooked:
-                inner.on_batch = previous
             with lock:
                 commit()
 
-
-def _chain(first, second):
-    def both(batch):
-        first(batch)
-        second(batch)
-
-    return both

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, UserError
-from ..types import Query, Selection
+from ..types import Query
 from .db import GenerationStore
 from .executor import key_maker
 
@@ -47,8 +47,8 @@ def collect(store: GenerationStore, orch, queries: Sequence[Query],
         if expert not in orch.specs:
             raise UserError(f"Expert '{expert}' is not in pool '{orch.pool.name}'; its experts "
                             f"are: {', '.join(orch.specs)}.")
-    selections = [Selection(q.id, experts, (1.0,) * len(experts)) for q in queries]
-    requests = orch.requests_for(queries, selections)
+    requests = [orch.generation.request(e, q, i * len(experts) + j)
+                for i, q in enumerate(queries) for j, e in enumerate(experts)]
     keys = key_maker(orch.residency, store).keys(requests)
     found = store.lookup(keys, reuse_unseeded=True)
     lines, stored, skipped = [], 0, 0

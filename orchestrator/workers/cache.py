@@ -53,7 +53,7 @@ class CachingExecutor:
         return len(self._store)
 
     def execute(
-        self, requests: Sequence[GenerationRequest]
+        self, requests: Sequence[GenerationRequest], on_batch=None
     ) -> tuple[list[GenerationResult], ExecutionStats]:
         results: list[GenerationResult | None] = [None] * len(requests)
         pending: dict[Hashable, list[int]] = {}  # key -> positions, the first one is generated
@@ -68,7 +68,8 @@ class CachingExecutor:
         if not pending:
             return results, ExecutionStats()  # type: ignore[return-value]
         misses = [requests[positions[0]] for positions in pending.values()]
-        generated, stats = self.inner.execute(misses)
+        generated, stats = (self.inner.execute(misses, on_batch=on_batch) if on_batch
+                            else self.inner.execute(misses))
         self.misses += len(misses)
         for (key, positions), res in zip(pending.items(), generated):
             if res.error is None:
