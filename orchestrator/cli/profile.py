@@ -30,7 +30,9 @@ def profile(
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
-    from ..skills import DEFAULT_VOCABULARY
+    from ..errors import OutputError
+    from ..outlock import claim_output
+    from ..skills import DEFAULT_VOCABULARY, FieldAnnotator
     from ..skills.vocabulary import load_vocabulary
 
     queries = read_benchmark(data, fmt)
@@ -41,25 +43,32 @@ def profile(
         queries = queries[:limit]
     if not queries:
         raise typer.BadParameter(f"no questions left in {data} after --split/--limit")
-    with Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
-                                 annotator=annotator, annotator_expert=annotator_expert,
-                                 vocabulary=str(vocabulary) if vocabulary else None) as orch:
-        orch.check()
-        vocab = None
-        if annotator == "embedding":
-            vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
-        err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
-                  f"({annotator} annotator)", markup=False)
-        candidates = split_ids(aggregators)
-        if candidates:
-            from ..routing.base import check_experts
+    if out_path.suffix == ".npz":
+        raise OutputError(f"--out '{out_path}' ends in .npz, the name of the arrays file written "
+                          "beside the profile; give the profile's .json path.")
+    if annotator == "field":  # the field annotator reads `domain`: check before generating
+        FieldAnnotator().annotate(queries)
+    # --out (and the .npz beside it) is checked and locked before any model loads
+    with claim_output(out_path, file=True, companions=[out_path.with_suffix(".npz")]):
+        with Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
+                                     annotator=annotator, annotator_expert=annotator_expert,
+                                     vocabulary=str(vocabulary) if vocabulary else None) as orch:
+            orch.check()
+            vocab = None
+            if annotator == "embedding":
+                vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
+            err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
+                      f"({annotator} annotator)", markup=False)
+            candidates = split_ids(aggregators)
+            if candidates:
+                from ..routing.base import check_experts
 
-            check_experts(candidates, orch.pool)  # before any generation
-        prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
-                             prior_strength=prior_strength, aggregators=candidates,
-                             aggregation_limit=aggregation_limit)
-    prof.meta.update({"data": str(data), "split": split, "limit": limit})
-    path = prof.save(out_path)
+                check_experts(candidates, orch.pool)  # before any generation
+            prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
+                                      prior_strength=prior_strength, aggregators=candidates,
+                                      aggregation_limit=aggregation_limit)
+        prof.meta.update({"data": str(data), "split": split, "limit": limit})
+        path = prof.save(out_path)
     acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)
     for a, e in acc[:10]:
         out.print(f"{e:<40} {100 * a:6.2f}%", markup=False)

@@ -48,6 +48,7 @@ def run(
     from ..core import Orchestrator
     from ..evaluation import baselines as evaluate_baselines
     from ..evaluation import free_to_evaluate
+    from ..outlock import claim_output
     from ..outputs import check_answered, write_run
     from .render import expert_table, summary_lines
     from .report import report_after_run
@@ -63,19 +64,22 @@ def run(
                      aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit),
                      escalation=dict(mode="none" if no_escalation else escalation,
                                      agreement=agreement))
-    with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
-                                 **overrides) as orch:
-        orch.check()  # every model resolves before the first one loads
-        err.print(f"{len(queries)} questions x k={orch.k} on pool '{orch.pool.name}' "
-                  f"({orch.config.executor} executor, batch {orch.config.batch_size})",
-                  markup=False)
-        result = orch.evaluate(queries)
-        extra = {"benchmark": str(bench), "dry_run": dry_run}
-        if baselines or (baselines is None and free_to_evaluate(orch.generation)):
-            extra["evaluation"] = evaluate_baselines(orch.generation, queries, result.answers)
-    check_answered(result)
-    summary = write_run(out_dir, result, extra)
-    report = report_after_run(out_dir)  # warns on a failed plot, never fails the run
+    # --out is checked, created and locked before any model loads; a folder created here is
+    # removed again if the run fails before writing anything
+    with claim_output(out_dir):
+        with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
+                                     **overrides) as orch:
+            orch.check()  # every model resolves before the first one loads
+            err.print(f"{len(queries)} questions x k={orch.k} on pool '{orch.pool.name}' "
+                      f"({orch.config.executor} executor, batch {orch.config.batch_size})",
+                      markup=False)
+            result = orch.evaluate(queries)
+            extra = {"benchmark": str(bench), "dry_run": dry_run}
+            if baselines or (baselines is None and free_to_evaluate(orch.generation)):
+                extra["evaluation"] = evaluate_baselines(orch.generation, queries, result.answers)
+        check_answered(result)
+        summary = write_run(out_dir, result, extra)
+        report = report_after_run(out_dir)  # warns on a failed plot, never fails the run
     out.print(expert_table(summary))
     for line in summary_lines(summary, str(out_dir)):
         out.print(line, markup=False)

@@ -34,6 +34,7 @@ def sweep(
     from ..benchmarks.readers import read_benchmark
     from ..config import load_config, load_pool
     from ..core import Orchestrator
+    from ..outlock import claim_output
     from ..sweep import check_ks, parse_ks, run_sweep, write_sweep
 
     ks = parse_ks(k)
@@ -43,13 +44,14 @@ def sweep(
         k=max(ks), router=router, profile=str(profile) if profile else None,
         escalation=dict(mode="none" if no_escalation else escalation))
     check_ks(ks, pool_config, run_config)  # every k, before anything runs
-    with Orchestrator(pool_config, run_config, progress=progress) as orch:
-        orch.check()  # every model resolves before the first one loads
-        err.print(f"{len(queries)} questions x k={','.join(map(str, ks))} on pool "
-                  f"'{orch.pool.name}' (router {orch.config.router})", markup=False)
-        rows = run_sweep(orch, queries, ks, out_dir, extra={"benchmark": str(bench)})
-        meta = {"bench": str(bench), "pool": orch.pool.name, "router": orch.config.router}
-    paths = write_sweep(out_dir, rows, meta)
+    with claim_output(out_dir):  # checked, created and locked before any model loads
+        with Orchestrator(pool_config, run_config, progress=progress) as orch:
+            orch.check()  # every model resolves before the first one loads
+            err.print(f"{len(queries)} questions x k={','.join(map(str, ks))} on pool "
+                      f"'{orch.pool.name}' (router {orch.config.router})", markup=False)
+            rows = run_sweep(orch, queries, ks, out_dir, extra={"benchmark": str(bench)})
+            meta = {"bench": str(bench), "pool": orch.pool.name, "router": orch.config.router}
+        paths = write_sweep(out_dir, rows, meta)
     out.print(sweep_table(rows, meta))
     generated, calls = sum(r["generated"] for r in rows), sum(r["calls"] for r in rows)
     out.print(f"generated  {generated} expert outputs for {calls} expert calls "
