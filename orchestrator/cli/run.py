@@ -80,7 +80,14 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
     from ..outputs import check_answered, write_run
     from .render import expert_table, summary_lines
     from .report import report_after_run
-    from .runstate import INTERRUPTED_EXIT, ctrl_c, open_store, stored_of_planned, write_state
+    from .runstate import (
+        INTERRUPTED_EXIT,
+        RUN_FILE,
+        ctrl_c,
+        open_store,
+        stored_of_planned,
+        write_state,
+    )
 
     given = dict(locals())  # paths made absolute: --resume works from any folder
     options = {name: given[name].resolve() if isinstance(given[name], Path) else given[name]
@@ -111,23 +118,31 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
             for stale in ("results.jsonl", "summary.json"):  # never mistaken for this run's
                 (out_dir / stale).unlink(missing_ok=True)
             write_state(out_dir, "running", options, db)
-            with ctrl_c(orch) as guard:
-                result = orch.evaluate(queries)
-            if guard.fired:
-                stored, planned = stored_of_planned(result, db)
-                write_state(out_dir, "interrupted", options, db, stored=stored, planned=planned)
-                where = f"in the store {db.path}" if db is not None else "(no store: lost)"
-                err.print(f"interrupted: {stored} of {planned} planned generations are {where}; "
-                          f"no results were written. Resume with: orchestrate run --resume "
-                          f"{out_dir}", markup=False)
-                raise typer.Exit(INTERRUPTED_EXIT)
-            extra = {"benchmark": str(bench), "dry_run": dry_run,
-                     "store": {"path": str(db.path) if db is not None else None,
-                               "from_store": result.stats.from_store,
-                               "generated": sum(s.calls for s in result.stats.experts.values())}}
-            if baselines or (baselines is None and free_to_evaluate(orch.generation)):
-                extra["evaluation"] = evaluate_baselines(orch.generation, queries, result.answers)
-        check_answered(result)
+            try:
+                with ctrl_c(orch) as guard:
+                    result = orch.evaluate(queries)
+                if guard.fired:
+                    stored, planned = stored_of_planned(result, db)
+                    write_state(out_dir, "interrupted", options, db, stored=stored,
+                                planned=planned)
+                    where = f"in the store {db.path}" if db is not None else "(no store: lost)"
+                    err.print(f"interrupted: {stored} of {planned} planned generations are "
+                              f"{where}; no results were written. Resume with: orchestrate run "
+                              f"--resume {out_dir.resolve()}", markup=False, soft_wrap=True)
+                    raise typer.Exit(INTERRUPTED_EXIT)
+                extra = {"benchmark": str(bench), "dry_run": dry_run,
+                         "store": {"path": str(db.path) if db is not None else None,
+                                   "from_store": result.stats.from_store,
+                                   "generated": sum(s.calls for s in result.stats.experts.values())}}
+                if baselines or (baselines is None and free_to_evaluate(orch.generation)):
+                    extra["evaluation"] = evaluate_baselines(orch.generation, queries,
+                                                             result.answers)
+                check_answered(result)
+            except typer.Exit:  # interrupted: run.json tells --resume what to do
+                raise
+            except Exception:  # a failed run leaves nothing (the store keeps what finished)
+                (out_dir / RUN_FILE).unlink(missing_ok=True)
+                raise
         summary = write_run(out_dir, result, extra)
         write_state(out_dir, "complete", options, db)
         report = report_after_run(out_dir)  # warns on a failed plot, never fails the run
