@@ -26,6 +26,8 @@ def profile(
     aggregators: Annotated[Optional[str], typer.Option(help="Comma-separated candidate fusion experts to rank on a synthetic aggregation benchmark.")] = None,
     aggregation_limit: Annotated[int, typer.Option(help="Items of the aggregation benchmark.")] = 50,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+    store: Annotated[Optional[Path], typer.Option(help="Generation store to reuse and write [default: the per-user store].")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Neither read nor write a generation store.")] = False,
 ) -> None:
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
     from ..benchmarks.readers import read_benchmark
@@ -50,9 +52,13 @@ def profile(
         FieldAnnotator().annotate(queries)
     # --out (and the .npz beside it) is checked and locked before any model loads
     with claim_output(out_path, file=True, companions=[out_path.with_suffix(".npz")]):
-        with Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
-                                     annotator=annotator, annotator_expert=annotator_expert,
-                                     vocabulary=str(vocabulary) if vocabulary else None) as orch:
+        from .runstate import open_store
+
+        with open_store(store, no_store) as db, \
+                Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
+                                        store=db, annotator=annotator,
+                                        annotator_expert=annotator_expert,
+                                        vocabulary=str(vocabulary) if vocabulary else None) as orch:
             orch.check()
             vocab = None
             if annotator == "embedding":

@@ -108,9 +108,9 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
     # removed again if the run fails before writing anything
     with claim_output(out_dir):
         # a dry run's fake answers are kept out of the per-user store unless one is named
-        db = open_store(store, no_store or (dry_run and store is None))
-        with Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
-                                     store=db, **overrides) as orch:
+        with open_store(store, no_store or (dry_run and store is None)) as db, \
+                Orchestrator.from_files(pool, config, progress=progress, dry_run=dry_run,
+                                        store=db, **overrides) as orch:
             orch.check()  # every model resolves before the first one loads
             err.print(f"{len(queries)} questions x k={orch.k} on pool '{orch.pool.name}' "
                       f"({orch.config.executor} executor, batch {orch.config.batch_size})"

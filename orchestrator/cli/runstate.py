@@ -23,14 +23,18 @@ RUN_FILE = "run.json"
 INTERRUPTED_EXIT = 130
 
 
+@contextlib.contextmanager
 def open_store(path: Path | None, disabled: bool):
-    """The generation store a command uses: `path`, else the per-user default; None with
-    --no-store. A store that cannot be opened is a one-line StoreError before any model loads."""
+    """The generation store a command uses (closed at the end): `path`, else the per-user
+    default; None with --no-store. A store that cannot be opened is a one-line StoreError
+    before any model loads."""
     if disabled:
-        return None
+        yield None
+        return
     from ..store import GenerationStore, default_store_path
 
-    return GenerationStore(path or default_store_path())
+    with GenerationStore(path or default_store_path()) as store:
+        yield store
 
 
 def write_state(out_dir: Path, state: str, options: Mapping[str, Any], store, **extra: Any) -> None:

@@ -27,6 +27,8 @@ def sweep(
     escalation: Annotated[Optional[str], typer.Option(help="lossless (default), confident or none.")] = None,
     no_escalation: Annotated[bool, typer.Option("--no-escalation", help="Call every chosen expert.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+    store: Annotated[Optional[Path], typer.Option(help="Generation store to reuse and write [default: the per-user store].")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Neither read nor write a generation store.")] = False,
 ) -> None:
     """Run BENCH at every k of --k on one pool, reusing the expert outputs of smaller k (no
     (expert, prompt) is generated twice); writes each k's results and sweep.json, sweep.md and
@@ -45,7 +47,10 @@ def sweep(
         escalation=dict(mode="none" if no_escalation else escalation))
     check_ks(ks, pool_config, run_config)  # every k, before anything runs
     with claim_output(out_dir):  # checked, created and locked before any model loads
-        with Orchestrator(pool_config, run_config, progress=progress) as orch:
+        from .runstate import open_store
+
+        with open_store(store, no_store) as db, \
+                Orchestrator(pool_config, run_config, progress=progress, store=db) as orch:
             orch.check()  # every model resolves before the first one loads
             err.print(f"{len(queries)} questions x k={','.join(map(str, ks))} on pool "
                       f"'{orch.pool.name}' (router {orch.config.router})", markup=False)
