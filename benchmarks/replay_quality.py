@@ -79,7 +79,7 @@ def measure(pool: Path, profile: Path, queries, router: str, **routing) -> dict:
 
 def references(pool: Path, queries) -> dict:
     with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
-        refs = reference_points(queries, *all_expert_answers(orch, queries))
+        refs = reference_points(queries, *all_expert_answers(orch.generation, queries))
     return {"best_single": refs["best_single"]["accuracy"], "majority_all": refs["majority_all"],
             "oracle": refs["oracle"]}
 
