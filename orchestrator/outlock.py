@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
+from .procs import pid_alive
 
 LOCK_NAME = ".orchestrator.lock"
 
@@ -174,15 +175,7 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     pid = holder.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 @contextmanager
