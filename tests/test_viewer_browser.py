@@ -74,7 +74,7 @@ def replay_runs(tmp_path_factory):
         invoke("run", bench, "--pool", POOL, "--profile", tmp / "profile.json", "--annotator",
                "field", "--k", 3, "--out", tmp / "routed", "--no-progress")
         invoke("run", bench, "--pool", POOL, "--router", "random", "--k", 3, "--seed", 1,
-               "--out", tmp / "random", "--no-progress")
+               "--out", tmp / "random", "--no-progress", "--no-escalation")
     finally:
         os.chdir(cwd)
     return tmp / "routed", tmp / "random"
