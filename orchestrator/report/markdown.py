@@ -62,16 +62,28 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
             [(d, row["n"], *(with_ci(row[k], row["routed_ci"]) if k == "routed" else pct(row[k])
                              for k in keys)) for d, row in per_domain.items()])]
     if run.sweep and run.sweep.get("rows"):
-        lines += ["## Sweep over k", "", *table(
-            ["k", "accuracy", "mean k", "experts used", "expert calls", "answers generated (new)"],
-            [(r["k"], pct(r.get("accuracy")), f"{r.get('mean_k', r['k']):.2f}",
-              r.get("distinct_experts", "-"), r.get("calls", "-"), r.get("generated", "-"))
-             for r in sorted(run.sweep["rows"], key=lambda r: r["k"])])]
+        lines += ["## Sweep over k", "", *sweep_table(run.sweep["rows"])]
     if images:
         lines += ["## Plots", ""]
         for alt, rel in images:
             lines += [f"![{alt}]({rel})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The sweep's rows by escalation mode then k; money per question when priced; * marks the
+    accuracy-vs-calls frontier."""
+    priced = any(r.get("money") is not None for r in rows)
+    return table(
+        ["k", "escalation", "accuracy", "mean k", "experts used", "expert calls",
+         "calls per question", *(["money per question"] if priced else []),
+         "answers generated (new)", "frontier"],
+        [(r["k"], r.get("escalation", "-"), with_ci(r.get("accuracy"), r.get("accuracy_ci")),
+          f"{r.get('mean_k', r['k']):.2f}", r.get("distinct_experts", "-"), r.get("calls", "-"),
+          f"{r['calls_per_question']:.2f}" if "calls_per_question" in r else "-",
+          *([money(r.get("money_per_question"))] if priced else []), r.get("generated", "-"),
+          "*" if r.get("pareto") else "")
+         for r in sorted(rows, key=lambda r: (str(r.get("escalation", "")), r["k"]))])
 
 
 def with_ci(value: float | None, ci) -> str:

@@ -122,7 +122,8 @@ def expert_usage_heatmap(run: RunDir, top: int = 20) -> Figure | None:
 
 def accuracy_vs_k(run: RunDir) -> Figure | None:
     sweep = run.sweep
-    rows = sorted((sweep or {}).get("rows") or [], key=lambda r: r["k"])
+    rows = sorted(one_mode((sweep or {}).get("rows") or [], run.summary),
+                  key=lambda r: r["k"])
     if not rows:
         return None
     ks = [r["k"] for r in rows]
@@ -167,6 +168,16 @@ def accuracy_vs_k(run: RunDir) -> Figure | None:
     return fig
 
 
+def one_mode(rows: list[dict], summary: dict) -> list[dict]:
+    """A sweep over several escalation modes, reduced to this run's mode (else the first)."""
+    modes = list(dict.fromkeys(r.get("escalation") for r in rows))
+    if len(modes) < 2:
+        return rows
+    mine = (summary.get("escalation") or {}).get("mode")
+    keep = mine if mine in modes else modes[0]
+    return [r for r in rows if r.get("escalation") == keep]
+
+
 def expert_time(run: RunDir) -> Figure | None:
     table = run.summary["experts"]
     if not table:
@@ -177,9 +188,9 @@ def expert_time(run: RunDir) -> Figure | None:
     y = np.arange(len(names))
     stages = run.summary.get("stages")
     height = max(3.0, 0.34 * len(names) + 1.8)
-    fig = figure(7.5, height + (1.9 if stages else 0))
+    fig = figure(7.5, height + (2.2 if stages else 0))
     if stages:
-        top, ax = fig.subplots(2, 1, height_ratios=[1.5, height])
+        top, ax = fig.subplots(2, 1, height_ratios=[1.8, height])
         stage_bar(top, run.summary)
     else:
         ax = fig.add_subplot()
@@ -221,12 +232,18 @@ def stage_bar(ax, summary: dict) -> None:
     left = 0.0
     for key, sec in parts:
         label, color = STAGE_COLORS.get(key, (key, "#999999"))
-        ax.barh(0, sec, left=left, color=color, label=f"{label} {sec:.2f}s", height=0.6)
+        ax.barh(0, sec, left=left, color=color, label=f"{label} {seconds(sec)}", height=0.6)
         if sec >= 0.08 * wall:
-            ax.text(left + sec / 2, 0, f"{sec:.1f}s", ha="center", va="center", fontsize=7)
+            ax.text(left + sec / 2, 0, seconds(sec), ha="center", va="center", fontsize=7)
         left += sec
     ax.set_xlim(0, max(wall, left) * 1.02)
-    ax.set_yticks([0], [f"wall {wall:.1f}s"], fontsize=8)
+    ax.set_yticks([0], [f"wall {seconds(wall)}"], fontsize=8)
     ax.set_xlabel("seconds of the run's wall time", fontsize=8)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=6, frameon=False, fontsize=7,
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3, frameon=False, fontsize=7,
               borderaxespad=0.2)
+
+
+def seconds(value: float) -> str:
+    """1.2s, 0.35s, 4.1ms: readable at any scale."""
+    return f"{value:.1f}s" if value >= 1 else f"{value:.2f}s" if value >= 0.1 else (
+        f"{1000 * value:.1f}ms")
