@@ -1,6 +1,12 @@
 """Run outputs: results.jsonl (one line per question) and summary.json, written atomically
 (a temporary file in the same folder, then a rename), so a crash never leaves a partial file
-that looks complete."""
+that looks complete.
+
+Any text is writable: a lone surrogate (`\\ud800` is valid JSON, so it reaches questions and
+answers) cannot be encoded as UTF-8, so text files are written with errors="backslashreplace",
+which turns it into the six characters `\\ud800`: inside a JSON string that is the same JSON
+escape it was read from, so results.jsonl round-trips exactly. `WRITTEN` lists every file this
+process completed, for the interrupt message of the CLI."""
 
 from __future__ import annotations
 
@@ -14,13 +20,15 @@ from .accounting import cost_record, pool_prices, run_stages
 from .core import RunResult
 from .types import Answer
 
+WRITTEN: list[Path] = []  # files completed by this process, in order
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -28,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    WRITTEN.append(path)
 
 
 def atomic_save_figure(fig, path: Path, **savefig) -> None:
@@ -42,6 +51,7 @@ def atomic_save_figure(fig, path: Path, **savefig) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    WRITTEN.append(path)
 
 
 def _umask() -> int:
@@ -204,8 +214,10 @@ def check_answered(result: RunResult, label: str = "") -> None:
 
 def write_run(out_dir: str | Path, result: RunResult, extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-    """Write results.jsonl then summary.json; returns the summary."""
+    """Write results.jsonl then summary.json; returns the summary. A report.md already in the
+    folder described the earlier results, so it goes first (the report is drawn again after)."""
     out = Path(out_dir)
+    (out / "report.md").unlink(missing_ok=True)
     lines = "".join(json.dumps(answer_record(a), ensure_ascii=False) + "\n" for a in result.answers)
     atomic_write_text(out / "results.jsonl", lines)
     summary = summary_record(result, extra)

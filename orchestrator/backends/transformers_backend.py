@@ -26,7 +26,7 @@ from ..errors import BackendError, FolderNotFoundError, OrchestratorError
 from ..extras import require_installed
 from ..modelref import check_cached, describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, apply_stop, failed, first_problem, run_checks
+from .base import BackendOptions, BaseBackend, apply_stop, failed, first_problem, request_seed, run_checks
 from .folders import find_folder
 from .prompting import render_prompt, warn_prompt_mismatch
 
@@ -356,7 +356,7 @@ class TransformersBackend(BaseBackend):
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            torch.manual_seed(sampling.seed)
+            torch.manual_seed(request_seed(sampling.seed, loaded.spec.id))  # per expert
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=0)
         if sampling.stop:

@@ -43,6 +43,8 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
            f"{esc['chosen_per_question']:.2f} chosen ({esc['mode']} escalation: "
            f"{esc['escalated']} questions asked more experts)"]
           if (esc := summary.get("escalation")) else []),
+        *([f"store      {st['from_store']} from the store, {st['generated']} generated "
+           f"({st['path']})"] if (st := summary.get("store")) and st.get("path") else []),
         *stage_lines(summary),
         *cost_lines(summary),
         f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",

@@ -27,6 +27,8 @@ def sweep(
     escalation: Annotated[Optional[str], typer.Option(help="Escalation modes to sweep, comma-separated: lossless,none (default: the preset's, lossless).")] = None,
     no_escalation: Annotated[bool, typer.Option("--no-escalation", help="Call every chosen expert.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+    store: Annotated[Optional[Path], typer.Option(help="Generation store to reuse and write [default: the per-user store].")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Neither read nor write a generation store.")] = False,
 ) -> None:
     """Run BENCH at every k of --k (and every escalation mode of --escalation) on one pool,
     reusing the expert outputs of smaller k (no (expert, prompt) is generated twice); writes
@@ -35,6 +37,7 @@ def sweep(
     from ..benchmarks.readers import read_benchmark
     from ..config import load_config, load_pool
     from ..core import Orchestrator
+    from ..outlock import claim_output
     from ..sweep import check_ks, parse_ks, parse_modes, run_sweep, write_sweep
 
     ks = parse_ks(k)
@@ -45,16 +48,20 @@ def sweep(
         k=max(ks), router=router, profile=str(profile) if profile else None,
         escalation=dict(mode=modes[0] if modes else None))
     check_ks(ks, pool_config, run_config)  # every k, before anything runs
-    with Orchestrator(pool_config, run_config, progress=progress) as orch:
-        orch.check()  # every model resolves before the first one loads
-        modes = modes or [orch.config.escalation.mode]
-        err.print(f"{len(queries)} questions x k={','.join(map(str, ks))} x escalation "
-                  f"{','.join(modes)} on pool '{orch.pool.name}' (router {orch.config.router})",
-                  markup=False)
-        rows = run_sweep(orch, queries, ks, out_dir, extra={"benchmark": str(bench)},
-                         modes=modes)
-        meta = {"bench": str(bench), "pool": orch.pool.name, "router": orch.config.router}
-    paths = write_sweep(out_dir, rows, meta)
+    with claim_output(out_dir):  # checked, created and locked before any model loads
+        from .runstate import open_store
+
+        with open_store(store, no_store) as db, \
+                Orchestrator(pool_config, run_config, progress=progress, store=db) as orch:
+            orch.check()  # every model resolves before the first one loads
+            modes = modes or [orch.config.escalation.mode]
+            err.print(f"{len(queries)} questions x k={','.join(map(str, ks))} x escalation "
+                      f"{','.join(modes)} on pool '{orch.pool.name}' (router "
+                      f"{orch.config.router})", markup=False)
+            rows = run_sweep(orch, queries, ks, out_dir, extra={"benchmark": str(bench)},
+                             modes=modes)
+            meta = {"bench": str(bench), "pool": orch.pool.name, "router": orch.config.router}
+        paths = write_sweep(out_dir, rows, meta)
     out.print(sweep_table(rows, meta))
     generated, calls = sum(r["generated"] for r in rows), sum(r["calls"] for r in rows)
     out.print(f"generated  {generated} expert outputs for {calls} expert calls "
