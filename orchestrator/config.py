@@ -23,6 +23,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Price(StrictModel):
+    """An expert's price in money per million tokens (any currency, the same for the pool)."""
+
+    input_per_mtok: float = Field(ge=0.0, description="per million prompt tokens")
+    output_per_mtok: float = Field(ge=0.0, description="per million generated tokens")
+
+
 class ExpertConfig(StrictModel):
     """One pool member."""
 
@@ -41,6 +48,8 @@ class ExpertConfig(StrictModel):
     placement: str | int | list[int] | None = Field(
         default=None, description="a GPU index or list for vllm/transformers, a server name "
         "for openai_http (default: its base URL); default auto")
+    price: Price | None = Field(default=None, description="money per million tokens, for the "
+                                "run's cost view (summary.json `cost`)")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:
@@ -62,7 +71,7 @@ class ExpertConfig(StrictModel):
         return self
 
     def to_spec(self) -> ExpertSpec:
-        return ExpertSpec(**self.model_dump())
+        return ExpertSpec(**self.model_dump(exclude={"price"}))
 
 
 class PoolConfig(StrictModel):

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .accounting import cost_record, pool_prices, run_stages
 from .core import RunResult
 from .types import Answer
 
@@ -163,6 +164,7 @@ def k_record(result: RunResult) -> dict[str, Any]:
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
+    stages, overhead = run_stages(result)
     return {
         "n": len(result.answers),
         "n_scored": len(result.scored),
@@ -177,6 +179,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "aggregated_by": _methods(result),
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "escalation": escalation_record(result),
+        "cost": cost_record(result.answers, pool_prices(result.pool)),
         "k_chosen": k_record(result),
         "executor": result.config.executor,
         "pool": result.pool.name,
@@ -185,8 +188,9 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "errors": errors,
         "wall_s": round(result.wall_s, 3),
         "backend_s": round(result.stats.backend_s, 3),
-        "overhead_s": round(result.overhead_s, 3),
-        "overhead_share": round(result.overhead_s / result.wall_s, 4) if result.wall_s else 0.0,
+        "stages": stages,  # see accounting.py: annotate, route, load, generate, aggregate
+        "overhead_s": round(overhead, 4),  # wall time outside every stage
+        "overhead_share": round(overhead / result.wall_s, 4) if result.wall_s else 0.0,
         **{name: round(seconds, 4) for name, seconds in result.stage_s.items()},
         "route_qps": (round(len(result.answers) / result.stage_s["route_s"])
                       if result.stage_s.get("route_s") else None),
