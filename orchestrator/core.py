@@ -163,7 +163,8 @@ class Orchestrator:
         rows = []
         for spec in self.specs.values():
             backend = self.backends.for_expert(spec)
-            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe")):
+            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe"),
+                                    ("smore", "supports_smore")):
                 if getattr(spec, key) and not getattr(backend, capability, False):
                     raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
                                       f"'{spec.backend}' cannot serve; use backend: transformers.")

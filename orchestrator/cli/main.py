@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import lora, lora_moe, pools
+from . import lora, lora_moe, pools, smore
 from .profile import profile
 from .report import report
 from .route import route
@@ -30,6 +30,7 @@ app.command("serve")(serve)
 app.add_typer(pools.app, name="pools")
 app.add_typer(lora.app, name="lora")
 app.add_typer(lora_moe.app, name="lora-moe")
+app.add_typer(smore.app, name="smore")
 
 
 def _version(value: bool) -> None:
