@@ -116,6 +116,7 @@ def inspect(
     """Show, per generated token, the path chosen through the expert tree in a few layers, and
     each level's expert usage."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..adapters.smore.inspect import inspect_generation, load_smore, pick_modules
     from ..errors import UserError
@@ -135,7 +136,7 @@ def inspect(
     for path in shown:
         table.add_column(_short(path))
     for i, row in enumerate(result.tokens):
-        table.add_row(str(i), repr(row.token), *(row.paths[path] for path in shown))
+        table.add_row(str(i), Text(repr(row.token)), *(Text(row.paths[path]) for path in shown))
     out.print(table)
     out.print(f"answer: {result.text}", markup=False)
     _usage_table(result.usage, f"expert usage per level ({result.prompt_tokens} prompt + "
