@@ -305,6 +305,28 @@ def test_relabelling_experts_or_reordering_children_changes_nothing(gate, fan):
         assert torch.allclose(delta(module, x), before, atol=1e-5)
 
 
+def test_children_are_routed_by_their_ancestors_keys_only():
+    module = randomize(layer(config(experts=[4, 4], fan_out=[2, 2])))
+    x = torch.randn(8, 12)
+    with torch.no_grad():
+        before = route(module, x)
+        keys = module.router.levels[1].keys  # top level
+        chosen = set(before.ids[1].flatten().tolist())
+        others = [e for e in range(4) if e not in chosen]
+        assert others  # 8 tokens x 2 of 4 experts leave one unused with this seed
+        keys[others[0]] += 1e-4  # a key off every chain: the same children, the same weights
+        after = route(module, x)
+        assert torch.equal(after.ids[1], before.ids[1]) and torch.equal(after.ids[0], before.ids[0])
+        assert torch.equal(after.weights[0], before.weights[0])
+        keys[others[0]] -= 1e-4
+        own = int(before.ids[1][0, 0, 0])  # token 0's first top-level node
+        keys[own] += 0.5
+        after = route(module, x)
+        # token 0's top-level nodes (as a set) stay; their children's weights follow the key
+        assert set(after.ids[1][0, 0].tolist()) == set(before.ids[1][0, 0].tolist())
+        assert not torch.equal(after.weights[0][0].sort(0).values, before.weights[0][0].sort(0).values)
+
+
 @pytest.mark.parametrize("gate,fan", [("switch", [1, 2]), ("noisy_topk", [1, 2])])
 def test_unselected_experts_get_no_gradient_and_selected_ones_do(gate, fan):
     cfg = config(gate=gate, experts=[6, 6], fan_out=fan, rank=[2, 2], balance=0.0)
