@@ -90,7 +90,7 @@ def test_user_errors_are_one_line_and_write_nothing(world):
     assert not_smore.exit_code == 2 and "no smore_config.json" in not_smore.output
 
 
-def test_lora_moe_and_smore_share_one_command_shape():
+def test_lora_lora_moe_and_smore_share_one_command_shape():
     for group in ("lora", "lora-moe", "smore"):
         shown = invoke(group, "train", "--help")
         for option in ("--base", "--data", "--out", "--steps", "--lr", "--batch-size",
