@@ -39,6 +39,8 @@ class ExpertConfig(StrictModel):
     adapter: str | None = Field(default=None, description="a PEFT LoRA folder on `model`")
     lora_moe: str | None = Field(default=None, description="a LoRA-MoE folder (`orchestrate "
                                  "lora-moe train`) on `model`: a gate mixing LoRA experts")
+    smore: str | None = Field(default=None, description="an S'MoRE folder (`orchestrate smore "
+                              "train`) on `model`: a structural mixture of residual experts")
     system_prompt: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=131072)
@@ -56,6 +58,10 @@ class ExpertConfig(StrictModel):
         if self.adapter and self.lora_moe:
             raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
                              "folder already names its LoRA experts, so give only lora_moe")
+        if self.smore and (self.adapter or self.lora_moe):
+            other = "adapter" if self.adapter else "lora_moe"
+            raise ValueError(f"expert '{self.id}' sets both {other} and smore; an expert carries "
+                             "one adaptation, so give only one (or make two experts)")
         return self
 
     @model_validator(mode="after")

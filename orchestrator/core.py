@@ -188,7 +188,8 @@ class Orchestrator:
             checker = BackendSet(self.backends.context, self.backends.instances())
         for spec in self.real_specs.values():
             backend = checker.for_expert(spec)
-            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe")):
+            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe"),
+                                    ("smore", "supports_smore")):
                 if getattr(spec, key) and not getattr(backend, capability, False):
                     raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
                                       f"'{spec.backend}' cannot serve; use backend: transformers.")
