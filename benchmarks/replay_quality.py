@@ -12,7 +12,15 @@ it (a fresh process, a cold embedding cache, the profile cached).
 Targets: 13-model pool >= 52.0%, 28-model pool >= 73.5%; the full run <= 45 s; routing
 >= 20,000 questions/s.
 
-    .venv/bin/python benchmarks/replay_quality.py [--quick] [--skip-cli]
+Cost table (issue 16): per pool, accuracy with its 95% Wilson interval and mean expert calls per
+question of the best single expert, the ensemble router at fixed k = 1..5 (escalation none), k
+chosen by evidence (cap 5), lossless escalation at k=3 and at the best fixed k (asserted equal to
+the fixed-k vote question by question) and confident escalation (agreement 1.0, at least 2
+votes) at k=5; evidence-chosen k against the best fixed k with a paired bootstrap interval.
+Targets: lossless <= 2.6 calls on the 13-model pool and <= 2.2 on the 28-model pool, evidence k
+at least as accurate as the best fixed k.
+
+    .venv/bin/python benchmarks/replay_quality.py [--quick] [--skip-cli] [--cost-only]
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import Orchestrator  # noqa: E402
+from orchestrator.benchmarks.intervals import paired_bootstrap, wilson  # noqa: E402
 from orchestrator.benchmarks.readers import read_benchmark  # noqa: E402
 from orchestrator.evaluation import all_expert_answers, reference_points  # noqa: E402
+from orchestrator.pipeline import Overrides  # noqa: E402
 from orchestrator.profiling.profile import Profile  # noqa: E402
 from orchestrator.skills import DEFAULT_VOCABULARY, load_vocabulary  # noqa: E402
 
@@ -42,6 +52,7 @@ POOLS = {"small (13)": ROOT / "pools" / "replay-mmlu-pro-small.yaml",
          "all (28)": ROOT / "pools" / "replay-mmlu-pro-all.yaml"}
 CACHE = ROOT / "runs" / "replay-profiles"
 TARGETS = {"small (13)": 0.52, "all (28)": 0.735}
+CALL_TARGETS = {"small (13)": 2.6, "all (28)": 2.2}  # lossless escalation, mean calls
 
 
 def profile_for(pool: Path, split: str | None = None) -> Path:
@@ -79,7 +90,7 @@ def measure(pool: Path, profile: Path, queries, router: str, **routing) -> dict:
 
 def references(pool: Path, queries) -> dict:
     with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
-        refs = reference_points(queries, *all_expert_answers(orch, queries))
+        refs = reference_points(queries, *all_expert_answers(orch.generation, queries))
     return {"best_single": refs["best_single"]["accuracy"], "majority_all": refs["majority_all"],
             "oracle": refs["oracle"]}
 
@@ -104,10 +115,90 @@ def cli_run(pool: Path, profile: Path) -> dict:
             "annotate_s": summary.get("annotate_s"), "route_qps": summary.get("route_qps")}
 
 
+def cost_point(label: str, answers) -> dict:
+    """Accuracy, its 95% Wilson interval and mean expert calls of one system's answers."""
+    marks = [bool(a.correct) for a in answers]
+    ci = wilson(sum(marks), len(marks))
+    return {"system": label, "accuracy": ci.estimate, "low": ci.low, "high": ci.high,
+            "calls": sum(len(a.outputs) for a in answers) / len(answers),
+            "mean_k": sum(len(a.selection.experts) for a in answers) / len(answers),
+            "marks": marks, "answers": [a.final_answer for a in answers]}
+
+
+def cost_rows(pool: Path, profile: Path, queries, shrinkage: float | None = None) -> list[dict]:
+    """The issue-16 systems on one pool: best single, fixed k 1..5, k by evidence, lossless and
+    confident escalation. Lossless is asserted to give the fixed-k vote question by question."""
+    with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
+        refs = reference_points(queries, *all_expert_answers(orch.generation, queries))
+        best = refs["best_single"]["expert"]
+        single = orch.evaluate(queries, Overrides(expert=best)).answers
+    rows = [cost_point(f"best single ({best})", single)]
+    routing = {} if shrinkage is None else {"ensemble_shrinkage": shrinkage}
+    with Orchestrator.from_files(pool, router="ensemble", k=5, profile=str(profile), threads=2,
+                                 routing=routing or None) as orch:
+        fixed = {k: orch.evaluate(queries, Overrides(k=k, escalation="none")).answers
+                 for k in range(1, 6)}
+        rows += [cost_point(f"fixed k={k}", fixed[k]) for k in fixed]
+        best_k = max(fixed, key=lambda k: (rows[k]["accuracy"], -k))  # ties to the smaller
+        for k in sorted({3, best_k}):
+            lossless = orch.evaluate(queries, Overrides(k=k, escalation="lossless")).answers
+            same = [a.final_answer for a in lossless] == [a.final_answer for a in fixed[k]]
+            assert same, f"lossless escalation at k={k} changed an answer of the k={k} vote"
+            rows.append(cost_point(f"lossless escalation, k={k}"
+                                   + (" (best fixed k)" if k == best_k else ""), lossless))
+        confident = orch.evaluate(queries, Overrides(k=5, escalation="confident")).answers
+        rows.append(cost_point("confident escalation, k=5 (agreement 1.0, >= 2 votes)",
+                               confident))
+    with Orchestrator.from_files(pool, router="ensemble", k=5, profile=str(profile), threads=2,
+                                 routing={"k_by_evidence": True, **routing},
+                                 escalation={"mode": "none"}) as orch:
+        evidence = orch.evaluate(queries).answers
+    point = cost_point("k by evidence (cap 5)", evidence)
+    diff = paired_bootstrap(point["marks"], rows[best_k]["marks"])
+    point.update(best_k=best_k, diff=diff)
+    rows.append(point)
+    with Orchestrator.from_files(pool, router="ensemble", k=5, profile=str(profile), threads=2,
+                                 routing={"k_by_evidence": True, **routing}) as orch:
+        rows.append(cost_point("k by evidence + lossless escalation", orch.evaluate(queries).answers))
+    return rows
+
+
+def print_cost_table(name: str, rows: list[dict]) -> None:
+    print(f"\n{name:<11} {'system':<54} {'accuracy':>9} {'95% interval':>14} {'calls/q':>8} "
+          f"{'mean k':>7}")
+    for r in rows:
+        interval = f"[{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+        print(f"{name:<11} {r['system']:<54} {100 * r['accuracy']:8.2f}% {interval:>14} "
+              f"{r['calls']:8.2f} {r['mean_k']:7.2f}")
+
+
+def cost_verdicts(name: str, rows: list[dict]) -> None:
+    evidence = next(r for r in rows if r["system"] == "k by evidence (cap 5)")
+    best_k, diff = evidence["best_k"], evidence["diff"]
+    lossless3 = next(r for r in rows if r["system"].startswith("lossless escalation, k=3"))
+    at_best = next(r for r in rows if r["system"].startswith(f"lossless escalation, k={best_k}"))
+    target = CALL_TARGETS[name]
+    print(f"target {name}: lossless at k=3 {lossless3['calls']:.2f} calls/question, at the best "
+          f"fixed k={best_k} {at_best['calls']:.2f} (<= {target}) -> "
+          f"{'met' if lossless3['calls'] <= target else 'NOT met'} at k=3, "
+          f"{'met' if at_best['calls'] <= target else 'NOT met'} at k={best_k}; equal to the "
+          "fixed-k vote on every question (asserted)")
+    print(f"target {name}: k by evidence minus best fixed k={best_k}: "
+          f"{100 * diff.estimate:+.2f} points, 95% interval [{100 * diff.low:+.2f}, "
+          f"{100 * diff.high:+.2f}] ({diff.method}) -> "
+          f"{'met' if diff.estimate >= 0 else 'NOT met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Only the default router rows.")
     parser.add_argument("--skip-cli", action="store_true", help="Skip the full CLI run timing.")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="Only the cost table (k, escalation, k by evidence).")
+    parser.add_argument("--pools", default="small,all",
+                        help="Cost table: which pools, comma-separated (small, all).")
+    parser.add_argument("--shrinkage", type=float, default=None,
+                        help="Cost table: the ensemble router's shrinkage (default: the preset's).")
     args = parser.parse_args()
     if not TEST_DATA.is_file():
         raise SystemExit(f"needs the replay data in {REPLAY}")
@@ -116,6 +207,13 @@ def main() -> None:
     queries = read_benchmark(TEST_DATA)
     rows = []
     print("profiles (cached in runs/replay-profiles/):", flush=True)
+    if args.cost_only:  # before the other profiles: only the pools asked for
+        chosen = [n for n in POOLS if n.split()[0] in args.pools.split(",")]
+        for name in chosen:
+            rows = cost_rows(POOLS[name], profile_for(POOLS[name]), queries, args.shrinkage)
+            print_cost_table(name, rows)
+            cost_verdicts(name, rows)
+        return
     profiles = {name: profile_for(pool) for name, pool in POOLS.items()}
     paper_profile = profile_for(POOLS["small (13)"], split="train")
     routers = [default_router] if args.quick else [
@@ -158,6 +256,11 @@ def main() -> None:
         got = next(r[2] for r in rows if r[0] == name and r[1] == default_router)
         print(f"target {name}: {default_router} {100 * got:.2f}% vs >= {100 * target:.1f}% "
               f"-> {'met' if got >= target else 'NOT met'}")
+    if not args.quick:
+        for name, pool in POOLS.items():
+            cost = cost_rows(pool, profiles[name], queries, args.shrinkage)
+            print_cost_table(name, cost)
+            cost_verdicts(name, cost)
     if not args.skip_cli:
         run = cli_run(POOLS["small (13)"], profiles["small (13)"])
         print(f"full `orchestrate run` (13 pool, {run['router']}, cold embedding cache): "

@@ -5,10 +5,11 @@ Unknown keys are rejected everywhere so that a typo never silently falls back to
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
@@ -22,6 +23,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Price(StrictModel):
+    """An expert's price in money per million tokens (any currency, the same for the pool)."""
+
+    input_per_mtok: float = Field(ge=0.0, description="per million prompt tokens")
+    output_per_mtok: float = Field(ge=0.0, description="per million generated tokens")
+
+
 class ExpertConfig(StrictModel):
     """One pool member."""
 
@@ -31,6 +39,8 @@ class ExpertConfig(StrictModel):
     adapter: str | None = Field(default=None, description="a PEFT LoRA folder on `model`")
     lora_moe: str | None = Field(default=None, description="a LoRA-MoE folder (`orchestrate "
                                  "lora-moe train`) on `model`: a gate mixing LoRA experts")
+    smore: str | None = Field(default=None, description="an S'MoRE folder (`orchestrate smore "
+                              "train`) on `model`: a structural mixture of residual experts")
     system_prompt: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=131072)
@@ -40,12 +50,18 @@ class ExpertConfig(StrictModel):
     placement: str | int | list[int] | None = Field(
         default=None, description="a GPU index or list for vllm/transformers, a server name "
         "for openai_http (default: its base URL); default auto")
+    price: Price | None = Field(default=None, description="money per million tokens, for the "
+                                "run's cost view (summary.json `cost`)")
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ExpertConfig:
         if self.adapter and self.lora_moe:
             raise ValueError(f"expert '{self.id}' sets both adapter and lora_moe; a LoRA-MoE "
                              "folder already names its LoRA experts, so give only lora_moe")
+        if self.smore and (self.adapter or self.lora_moe):
+            other = "adapter" if self.adapter else "lora_moe"
+            raise ValueError(f"expert '{self.id}' sets both {other} and smore; an expert carries "
+                             "one adaptation, so give only one (or make two experts)")
         return self
 
     @model_validator(mode="after")
@@ -61,7 +77,7 @@ class ExpertConfig(StrictModel):
         return self
 
     def to_spec(self) -> ExpertSpec:
-        return ExpertSpec(**self.model_dump())
+        return ExpertSpec(**self.model_dump(exclude={"price"}))
 
 
 class PoolConfig(StrictModel):
@@ -212,11 +228,15 @@ class RunConfig(StrictModel):
             data["k"] = None  # naming experts without --k means k = how many were named
         for section in ("routing", "aggregation", "escalation"):
             values = given.pop(section, None)
+            if values is not None and not isinstance(values, Mapping):
+                raise ConfigError(f"{section}= must be a mapping of {section} options (e.g. "
+                                  f"{section}={{...}}); got {type(values).__name__} "
+                                  f"{str(values)[:40]!r}.")
             if values:
                 data[section] = {**data[section], **{k: v for k, v in values.items()
                                                      if v is not None}}
         data.update(given)
-        return validate_model(RunConfig, data, "command-line options")
+        return validate_model(RunConfig, data, "options (command-line flags or keyword overrides)")
 
     def resolved(self) -> RunConfig:
         """The same preset with `router: auto` replaced by the router it stands for, and
@@ -241,11 +261,11 @@ def _format_validation(err: ValidationError, source: str) -> str:
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; unknown keys are rejected)"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"{loc}: {msg}")
     more = len(err.errors()) - 8
     if more > 0:
-        lines.append(f"  ... and {more} more")
-    return f"Invalid {source}:\n" + "\n".join(lines)
+        lines.append(f"... and {more} more")
+    return f"Invalid {source}: " + "; ".join(lines)
 
 
 def validate_model(model: type[StrictModel], data: Any, source: str):
@@ -256,23 +276,37 @@ def validate_model(model: type[StrictModel], data: Any, source: str):
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
-    path = Path(path)
+    """A YAML file as a mapping: UTF-8, no key given twice, no alias bomb (safeio)."""
+    from .safeio import read_yaml_file
+
+    path = as_path(path, what)
     if not path.is_file():
         raise ConfigError(f"{what} file '{path}' does not exist. Pass the path of a YAML file.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{what} file '{path}' is not valid YAML{where}.") from None
+    data = read_yaml_file(path, what, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{what} file '{path}' must hold a mapping at the top level.")
     return data
 
 
+def as_path(path: Any, what: str) -> Path:
+    """A str or os.PathLike as a Path; anything else (None, a number, bytes, a mapping) is a
+    ConfigError saying what was given."""
+    if isinstance(path, Path):
+        return path
+    if isinstance(path, str) or (hasattr(path, "__fspath__") and not isinstance(path, bytes)):
+        text = os.fspath(path)
+        if isinstance(text, str) and text.strip():
+            return Path(text)
+    shown = type(path).__name__ if not isinstance(path, str) else "an empty string"
+    hint = (" To build from a mapping, validate it first: Orchestrator(PoolConfig.model_validate"
+            "(data)) or RunConfig.model_validate(data).") if isinstance(path, dict) else ""
+    raise ConfigError(f"The {what.lower()} must be the path of a YAML file (a str or Path); got "
+                      f"{shown}.{hint}")
+
+
 def load_pool(path: str | Path) -> PoolConfig:
     """Read and validate a pool manifest; relative model paths resolve against its folder."""
-    path = Path(path)
+    path = as_path(path, "Pool")
     pool = validate_model(PoolConfig, read_yaml(path, "Pool"), f"pool manifest '{path}'")
     pool._base_dir = path.resolve().parent
     return pool

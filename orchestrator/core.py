@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import BackendContext
-from .benchmarks.readers import infer_answer_type
 from .config import PoolConfig, RunConfig, load_config, load_pool
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, MissingExtraError, UnknownNameError
 from .generation import Generation
+from .inputs import check_configs, to_queries, to_query
 from .pipeline import Overrides, Pipeline
 from .registry import BACKENDS
 from .routing.base import QueryFeatures, check_experts, check_k
@@ -57,23 +57,7 @@ class RunResult:
 
 
 def as_query(item: Query | str | Mapping[str, Any], index: int) -> Query:
-    if isinstance(item, Query):
-        return item
-    if isinstance(item, str):
-        return Query(id=f"q{index}", question=item, answer_type=infer_answer_type(item, None, ()))
-    if isinstance(item, Mapping) and isinstance(item.get("question"), str):
-        options = tuple(item.get("options") or ())
-        gold = item.get("gold")
-        gold = None if gold is None else str(gold)
-        return Query(
-            id=str(item.get("id", f"q{index}")), question=item["question"], gold=gold,
-            options=options, domain=item.get("domain"),
-            answer_type=item.get("answer_type") or infer_answer_type(item["question"], gold, options),
-        )
-    raise ConfigError(
-        f"Question {index} is a {type(item).__name__}; pass a string, a Query, or a mapping "
-        "with a 'question' string."
-    )
+    return to_query(item, index)  # validated: orchestrator/inputs.py
 
 
 class Orchestrator:
@@ -96,16 +80,17 @@ class Orchestrator:
     ):
         """`store`: a generation store (a `GenerationStore` or the path of one) that every
         generation is looked up in first and written to as batches finish; None: none."""
+        check_configs(pool, config)  # a path or a dict here is a ConfigError, not AttributeError
         self.pool = pool
         config = config or RunConfig()
         self.config = config.resolved()
-        specs = pool.specs()
+        specs = self.real_specs = pool.specs()  # check() validates these, in a dry run too
         if dry_run:  # every expert answers from the fake backend: no model is loaded
             specs = {k: ExpertSpec(id=s.id, backend="fake", model=s.model,
                                    system_prompt=s.system_prompt, max_tokens=s.max_tokens,
                                    temperature=s.temperature, top_p=s.top_p)
                      for k, s in specs.items()}
-        for spec in specs.values():
+        for spec in self.real_specs.values():
             if spec.backend not in BACKENDS and spec.backend not in (backends or {}):
                 raise UnknownNameError(
                     "backend", spec.backend, BACKENDS.names(),
@@ -164,6 +149,19 @@ class Orchestrator:
         self._executor = executor
         self.generation.executor = executor
 
+    def interrupt(self) -> None:
+        """Stop generating after the batches now running (Ctrl-C): no new batch or round
+        starts; what did not run fails with an `interrupted`/`cancelled` error (never stored
+        as an answer), so `interrupted` tells a caller not to present the result as whole."""
+        self.pipeline.stopping.set()
+        cancel = getattr(self._executor, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.pipeline.stopping.is_set()
+
     @property
     def totals(self) -> ExecutionStats:
         """Every generation this orchestrator ran, over all calls."""
@@ -191,13 +189,25 @@ class Orchestrator:
     def check(self) -> list[tuple[ExpertSpec, str]]:
         """Validate every expert's options and resolve its model, loading nothing."""
         rows = []
-        for spec in self.specs.values():
-            backend = self.backends.for_expert(spec)
-            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe")):
+        checker = self.backends  # a dry run checks the real backends without keeping them
+        if self.real_specs is not self.specs:
+            checker = BackendSet(self.backends.context, self.backends.instances())
+        for spec in self.real_specs.values():
+            backend = checker.for_expert(spec)
+            for key, capability in (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe"),
+                                    ("smore", "supports_smore")):
                 if getattr(spec, key) and not getattr(backend, capability, False):
                     raise ConfigError(f"Expert '{spec.id}' sets {key}, which backend "
                                       f"'{spec.backend}' cannot serve; use backend: transformers.")
-            rows.append((spec, backend.check(spec)))
+            try:
+                rows.append((spec, backend.check(spec)))
+            except MissingExtraError:
+                if self.real_specs is self.specs:
+                    raise
+                # a dry run needs no backend package (only fake answers): check what can be
+                # checked without it, the options
+                backend.options(spec)
+                rows.append((spec, f"{spec.model or '-'} (backend package not installed)"))
         return rows
 
     # -- annotation -------------------------------------------------------------------------
@@ -261,13 +271,7 @@ class Orchestrator:
         run` writes out). `overrides` (k, router, aggregator, sampling) apply to this call
         only; `pipeline` runs it over another executor (`sweep`'s cache)."""
         start = time.perf_counter()
-        queries = [as_query(q, i) for i, q in enumerate(questions)]
-        if not queries:
-            raise ConfigError("No questions were given; pass at least one.")
-        ids = [q.id for q in queries]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ConfigError(f"Question id '{dup}' appears twice in one batch; ids must be unique.")
+        queries = to_queries(questions)  # one bad item: a typed error before any work
         overrides = overrides or Overrides()
         out = (pipeline or self.pipeline).answer(queries, overrides)
         self.stage_s = {k: out.stage_s[k] for k in ("annotate_s", "route_s")}

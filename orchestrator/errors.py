@@ -144,3 +144,13 @@ class ModelNotServedError(UserError):
 
 class FolderNotFoundError(UserError):
     """A folder the manifest names (a LoRA adapter, a LoRA-MoE gate) is missing or incomplete."""
+
+
+class OutputError(UserError):
+    """An output location cannot be used: a file where a folder is needed, not writable, or held
+    by another live run. Checked before any work starts."""
+
+
+class InvalidQuestionError(ConfigError):
+    """A question given to the SDK is malformed (empty, options as one string, an unknown
+    answer_type...); a ConfigError, as the SDK's earlier checks raised."""

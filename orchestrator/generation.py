@@ -15,6 +15,7 @@ whichever stage asks:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,6 +37,7 @@ from .types import (
 from .workers.stats import ExecutionStats
 
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+INTERRUPTED = "interrupted before it ran (Ctrl-C)"
 
 
 def conversation_messages(conversation: Conversation,
@@ -70,6 +72,7 @@ class Generation:
     aggregation: AggregationOptions = field(default_factory=AggregationOptions)
     totals: ExecutionStats = field(default_factory=ExecutionStats)
     max_tokens_override: int | None = None  # the run's --max-tokens beats the manifest
+    stopping: threading.Event = field(default_factory=threading.Event)  # Ctrl-C: run nothing
 
     def sampling_for(self, expert_id: str,
                      changes: Mapping[str, Any] | None = None) -> Sampling:
@@ -103,6 +106,8 @@ class Generation:
         """Run a batch grouped by expert; results in request order."""
         if not requests:
             return [], ExecutionStats()
+        if self.stopping.is_set():  # interrupted: nothing new starts
+            return [GenerationResult(r, error=INTERRUPTED) for r in requests], ExecutionStats()
         results, stats = self.executor.execute(list(requests))
         self.totals.merge(stats)
         return results, stats

@@ -1,6 +1,12 @@
 """Run outputs: results.jsonl (one line per question) and summary.json, written atomically
 (a temporary file in the same folder, then a rename), so a crash never leaves a partial file
-that looks complete."""
+that looks complete.
+
+Any text is writable: a lone surrogate (`\\ud800` is valid JSON, so it reaches questions and
+answers) cannot be encoded as UTF-8, so text files are written with errors="backslashreplace",
+which turns it into the six characters `\\ud800`: inside a JSON string that is the same JSON
+escape it was read from, so results.jsonl round-trips exactly. `WRITTEN` lists every file this
+process completed, for the interrupt message of the CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .accounting import cost_record, pool_prices, run_stages
 from .core import RunResult
 from .types import Answer
+
+WRITTEN: list[Path] = []  # files completed by this process, in order
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -19,7 +28,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -27,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    WRITTEN.append(path)
 
 
 def atomic_save_figure(fig, path: Path, **savefig) -> None:
@@ -41,6 +51,7 @@ def atomic_save_figure(fig, path: Path, **savefig) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    WRITTEN.append(path)
 
 
 def _umask() -> int:
@@ -172,6 +183,7 @@ def method_record(result: RunResult, evaluation: dict[str, Any] | None) -> dict[
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     acc = result.accuracy
     errors = sum(1 for a in result.answers for o in a.outputs if o.error)
+    stages, overhead = run_stages(result)
     return {
         "n": len(result.answers),
         "n_scored": len(result.scored),
@@ -187,6 +199,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "aggregated_by": _methods(result),
         "early_exits": sum(a.aggregator == "early-exit" for a in result.answers),
         "escalation": escalation_record(result),
+        "cost": cost_record(result.answers, pool_prices(result.pool)),
         "k_chosen": k_record(result),
         "executor": result.config.executor,
         "pool": result.pool.name,
@@ -195,8 +208,9 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "errors": errors,
         "wall_s": round(result.wall_s, 3),
         "backend_s": round(result.stats.backend_s, 3),
-        "overhead_s": round(result.overhead_s, 3),
-        "overhead_share": round(result.overhead_s / result.wall_s, 4) if result.wall_s else 0.0,
+        "stages": stages,  # see accounting.py: annotate, route, load, generate, aggregate
+        "overhead_s": round(overhead, 4),  # wall time outside every stage
+        "overhead_share": round(overhead / result.wall_s, 4) if result.wall_s else 0.0,
         **{name: round(seconds, 4) for name, seconds in result.stage_s.items()},
         "route_qps": (round(len(result.answers) / result.stage_s["route_s"])
                       if result.stage_s.get("route_s") else None),
@@ -220,8 +234,10 @@ def check_answered(result: RunResult, label: str = "") -> None:
 
 def write_run(out_dir: str | Path, result: RunResult, extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-    """Write results.jsonl then summary.json; returns the summary."""
+    """Write results.jsonl then summary.json; returns the summary. A report.md already in the
+    folder described the earlier results, so it goes first (the report is drawn again after)."""
     out = Path(out_dir)
+    (out / "report.md").unlink(missing_ok=True)
     lines = "".join(json.dumps(answer_record(a), ensure_ascii=False) + "\n" for a in result.answers)
     atomic_write_text(out / "results.jsonl", lines)
     summary = summary_record(result, extra)

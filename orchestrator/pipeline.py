@@ -22,7 +22,7 @@ from typing import Any
 from .benchmarks.extract import is_correct
 from .config import PoolConfig, RunConfig
 from .errors import RoutingError
-from .generation import Generation, collect_outputs, every_expert, routing_query
+from .generation import INTERRUPTED, Generation, collect_outputs, every_expert, routing_query
 from .registry import AGGREGATORS, ROUTERS
 from .routing.base import QueryFeatures, check_k
 from .types import (
@@ -82,12 +82,14 @@ class Pipeline:
         # router tables) runs one batch at a time; generation is locked per placement by the
         # executor.
         self._lock = threading.RLock()
+        self.stopping = generation.stopping  # set by `Orchestrator.interrupt`: nothing new starts
 
     def using(self, executor) -> Pipeline:
         """The same pipeline over another executor (e.g. a cache in front of it)."""
         other = Pipeline(self.pool, self.config, self.generation.using(executor),
                          profile=self.profile, featurizer=self.featurizer)
         other._routers, other._lock = self._routers, self._lock  # routers never generate
+        other.stopping = self.stopping
         return other
 
     # -- parts, built once per name -----------------------------------------------------------
@@ -202,6 +204,12 @@ class Pipeline:
                 for i in range(len(items))}
         stats = ExecutionStats()
         while todo := {i: n for i, n in todo.items() if n > 0}:
+            if self.stopping.is_set():  # interrupted: the experts not asked yet fail
+                for i, n in todo.items():
+                    start = len(outputs[i])
+                    outputs[i].extend(ExpertOutput(e, "", None, INTERRUPTED)
+                                      for e in selections[i].experts[start:start + n])
+                break
             requests = []
             for i, n in todo.items():
                 start = len(outputs[i])

@@ -40,7 +40,8 @@ KINDS: tuple[tuple[type[OrchestratorError], str], ...] = (
     (UnknownNameError, "unknown_backend"),
 )
 # manifest field -> the backend capability that serves it
-CAPABILITIES = (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe"))
+CAPABILITIES = (("adapter", "supports_lora"), ("lora_moe", "supports_lora_moe"),
+                ("smore", "supports_smore"))
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class ExpertSpec:
     model: str = ""
     adapter: str | None = None
     lora_moe: str | None = None
+    smore: str | None = None
     system_prompt: str | None = None
     dtype: str | None = None
     max_tokens: int | None = None

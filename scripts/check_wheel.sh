@@ -40,8 +40,11 @@ fi
 "$PY" -m pip wheel --quiet --no-deps "${isolation[@]}" -w "$TMP/dist" "$TMP/src" >/dev/null
 WHEEL="$(ls "$TMP"/dist/orchestrator-*.whl)"
 step "built $(basename "$WHEEL")"
-unzip -l "$WHEEL" | grep -q "orchestrator/data/skills/general.yaml" || fail "no skills in wheel"
-unzip -l "$WHEEL" | grep -q "orchestrator/data/samples/demo.jsonl" || fail "no samples in wheel"
+# (listed to a file first: `unzip | grep -q` under pipefail fails when grep stops reading early)
+unzip -l "$WHEEL" > "$TMP/contents"
+grep -q "orchestrator/data/skills/general.yaml" "$TMP/contents" || fail "no skills in wheel"
+grep -q "orchestrator/data/samples/demo.jsonl" "$TMP/contents" || fail "no samples in wheel"
+grep -q "orchestrator/report/viewer/run.js" "$TMP/contents" || fail "no viewer assets in wheel"
 
 # 2. A fresh venv outside the checkout: the core dependencies and [serve], nothing else.
 #    The building interpreter's pip installs into it (--python): no pip or setuptools inside,

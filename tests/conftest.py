@@ -13,6 +13,13 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(autouse=True)
+def _own_generation_store(tmp_path, monkeypatch):
+    """Every test gets its own generation store: the CLI's default (the per-user store) must
+    neither leak answers between tests nor touch the developer's cache."""
+    monkeypatch.setenv("ORCHESTRATOR_STORE", str(tmp_path / "default-store.sqlite"))
+
+
 def write_pool(path: Path, experts: list[dict], resident_limit: int = 1, name: str = "test") -> Path:
     path.write_text(yaml.safe_dump(
         {"name": name, "resident_limit": resident_limit, "experts": experts}, sort_keys=False

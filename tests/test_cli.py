@@ -137,8 +137,9 @@ def test_dry_run_on_the_shipped_demo(tmp_path):
                     "--out", out, "--dry-run", "--no-progress")
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    # no profile: router auto is fixed (the first k=2 experts), fused by the pool's aggregator
-    # (a third expert)
-    assert summary["n"] == 36 and summary["dry_run"] is True and summary["loads_total"] == 3
-    assert summary["router"] == "fixed" and summary["aggregator"] == "fuse"
-    assert summary["experts"]["smol-reasoner"]["loads"] == 1
+    # no profile: router auto is fixed (the first k=2 experts) and aggregator auto, without a
+    # profile's evidence, is the vote; lossless escalation never needs the second expert (the
+    # first's answer wins a tie of two equal votes)
+    assert summary["n"] == 36 and summary["dry_run"] is True and summary["loads_total"] == 1
+    assert summary["router"] == "fixed" and summary["aggregator"] == "vote"
+    assert summary["method"]["source"] == "default" and "smol-reasoner" not in summary["experts"]

@@ -641,14 +641,13 @@ def test_user_and_metadata_are_logged_with_the_request_id(tmp_path, caplog):
 def test_health_waits_for_the_real_embedder_and_the_first_request_does_not_pay_it(tmp_path):
     """A knn router over a profile with the real MiniLM: /health says 503 `loading` while the
     embedder loads, and the first routing after 200 is fast."""
-    from orchestrator.profiling import build_profile
     from orchestrator.skills import FieldAnnotator
 
     from .routing_fixtures import queries, write_world
 
     _, pool = write_world(tmp_path)
     with Orchestrator.from_files(pool, router="fixed", k=1) as orch:
-        profile = build_profile(orch, queries(), FieldAnnotator(), orch.embedder)
+        profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder)
     path = profile.save(tmp_path / "profile.json")
     orch = Orchestrator.from_files(pool, router="knn", k=1, profile=str(path),
                                    annotator="embedding", threads=1)

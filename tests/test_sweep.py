@@ -13,7 +13,7 @@ from orchestrator.benchmarks.readers import read_benchmark
 from orchestrator.cli.main import app
 from orchestrator.config import RunConfig
 from orchestrator.errors import RoutingError, UserError
-from orchestrator.sweep import ROW_KEYS, parse_ks, run_sweep
+from orchestrator.sweep import ROW_KEYS, pareto, parse_ks, parse_modes, run_sweep
 from orchestrator.types import GenerationRequest, GenerationResult, Message, Sampling
 from orchestrator.workers import CachingExecutor, ExecutionStats
 
@@ -118,7 +118,8 @@ def test_sweep_command_matches_standalone_runs(fake_pool, sample_jsonl, tmp_path
         assert swept == strip
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "sweep.md").read_text()
-    assert "| k | accuracy | expert calls |" in md and md.count("\n| ") == 4
+    assert "| k | escalation | accuracy | 95% interval | expert calls |" in md
+    assert md.count("\n| ") == 4
     assert "k sweep" in result.output and "generated  36 expert outputs for 72" in result.output
     assert str(out / "sweep.png") in result.output
     assert not list(out.glob(".*.tmp"))
@@ -150,6 +151,68 @@ def test_parse_ks():
     assert parse_ks("2") == [2]
     with pytest.raises(UserError):
         parse_ks("1.5")
+
+
+def test_parse_modes():
+    assert parse_modes("lossless, none,lossless") == ["lossless", "none"]
+    for bad in ("", "lossles", "none,all"):
+        with pytest.raises(UserError, match="lossless,none"):
+            parse_modes(bad)
+
+
+def test_pareto_frontier():
+    points = [(1.0, 0.40), (2.0, 0.50), (2.5, 0.45), (3.0, 0.50), (2.0, 0.50), (4.0, 0.55),
+              (5.0, None)]
+    # (2.5, .45) is beaten by (2, .5); (3, .5) costs more for the same; equal points both stay
+    assert pareto(points) == [True, True, False, False, True, True, False]
+
+
+def test_sweep_over_escalation_modes_marks_the_frontier(fake_pool, sample_jsonl, tmp_path):
+    opts = {"e0": {"default": "The answer is (A)"},
+            "e1": {"script": {"number 1?": "The answer is (B)"}, "default": "The answer is (A)"},
+            "e2": {"default": "The answer is (B)"}}
+    bench, out = sample_jsonl(choice_rows(4)), tmp_path / "sweep"
+    result = invoke("sweep", bench, "--pool", fake_pool(3, options=opts), "--k", "1,3",
+                    "--router", "fixed", "--escalation", "lossless,none", "--out", out,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["k"], r["escalation"]) for r in rows] == [
+        (1, "lossless"), (3, "lossless"), (1, "none"), (3, "none")]
+    assert all(tuple(r) == ROW_KEYS for r in rows)
+    by = {(r["k"], r["escalation"]): r for r in rows}
+    # lossless gives the answers of calling all three with fewer calls: 2 + 3 + 2 + 2
+    assert by[3, "lossless"]["accuracy"] == by[3, "none"]["accuracy"]
+    assert (by[3, "lossless"]["calls"], by[3, "none"]["calls"]) == (9, 12)
+    assert by[3, "lossless"]["calls_per_question"] == 2.25
+    assert by[3, "lossless"]["pareto"] and not by[3, "none"]["pareto"]
+    assert sum(r["generated"] for r in rows) == 12  # the none rows reuse every output
+    summary = json.loads((out / "k3-lossless" / "summary.json").read_text())
+    assert summary["escalation"]["mode"] == "lossless"
+    assert json.loads((out / "k3-none" / "summary.json").read_text())["escalation"] == {
+        **summary["escalation"], "mode": "none", "calls_per_question": 3.0, "escalated": 0,
+        "rounds": {"1": 4}}
+    assert "escalation" in result.output and "k3-none/" in result.output
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = invoke("sweep", bench, "--pool", fake_pool(3), "--k", "1", "--escalation", "some",
+                 "--out", tmp_path / "o2", "--no-progress")
+    assert bad.exit_code == 2 and "--escalation takes" in bad.output
+
+
+def test_sweep_money_per_question_from_manifest_prices(sample_jsonl, tmp_path):
+    from .conftest import write_pool
+
+    pool = write_pool(tmp_path / "p.yaml", [
+        {"id": f"e{i}", "backend": "fake", "options": {"default": "The answer is (A)"},
+         "price": {"input_per_mtok": 1.0 * (i + 1), "output_per_mtok": 2.0}} for i in range(3)])
+    queries = read_benchmark(sample_jsonl(choice_rows(4)))
+    config = RunConfig(router="fixed", k=1, escalation={"mode": "none"})
+    with Orchestrator(load_pool(pool), config) as orch:
+        rows = run_sweep(orch, queries, [1, 2], tmp_path / "s")
+    assert all(r["money"] > 0 for r in rows) and rows[1]["money"] > rows[0]["money"]
+    assert rows[0]["money_per_question"] == pytest.approx(rows[0]["money"] / 4, rel=1e-3)
+    summary = json.loads((tmp_path / "s" / "k2" / "summary.json").read_text())
+    assert summary["cost"]["money"] == rows[1]["money"]
 
 
 def test_named_experts_of_the_fixed_router_have_one_k(fake_pool, sample_jsonl, tmp_path):

@@ -75,7 +75,7 @@ def replay_runs(tmp_path_factory):
                "field", "--k", 3, "--aggregator", "vote", "--out", tmp / "routed",
                "--no-progress")  # a named vote: every row has 3 experts, some disagreeing
         invoke("run", bench, "--pool", POOL, "--router", "random", "--k", 3, "--seed", 1,
-               "--out", tmp / "random", "--no-progress")
+               "--out", tmp / "random", "--no-progress", "--no-escalation")
     finally:
         os.chdir(cwd)
     return tmp / "routed", tmp / "random"

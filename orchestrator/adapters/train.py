@@ -79,8 +79,11 @@ StepCallback = Callable[[int, float], None]
 
 
 def check_out(out: Path, force: bool) -> None:
+    from ..outlock import check_location
+
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder path for the adapter.")
+    check_location(out.parent, flag="--out's folder")  # writable, before any training
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(
             f"--out '{out}' already exists and is not empty. Choose another folder, or pass "

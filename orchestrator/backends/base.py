@@ -6,6 +6,7 @@ attributes so the executor can read them without loading anything.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,6 +142,14 @@ def first_problem(checked: tuple[str, list[OrchestratorError]]) -> str:
     if problems:
         raise problems[0]
     return resolved
+
+
+def request_seed(seed: int, expert_id: str) -> int:
+    """The sampling seed of one expert's requests: the run seed mixed with the expert id, so
+    that two experts on one model (a pool listing it twice) sample independently, and a run
+    with the same seed samples the same again. [0, 2**31)."""
+    digest = hashlib.blake2b(f"{seed}:{expert_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

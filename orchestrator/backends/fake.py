@@ -79,28 +79,33 @@ class FakeBackend(BaseBackend):
             time.sleep(batch_s)
         results = []
         for request in requests:
-            expert, opts = self.loaded(request.expert)
-            self.history.append(request)
-            if len(self.history) > 2 * HISTORY_LIMIT:
-                del self.history[:-HISTORY_LIMIT]
-            prompt = "\n".join(m.content for m in request.messages)
-            if any(s in prompt for s in opts.fail):
-                results.append(failed(request, f"scripted failure of expert '{expert.id}'"))
-                continue
-            queue = self._queues.get(expert.id)
-            if queue:
-                text = queue.popleft()
-            else:
-                text = next((t for s, t in opts.script.items() if s in prompt), None)
-                if text is None:
-                    text = opts.default or pseudo_answer(expert.id, prompt)
-            text, stopped = apply_stop(text, request.sampling.stop)
-            words = text.split()[: request.sampling.max_tokens]  # a word is a token here
-            cut = len(words) < len(text.split())
-            text = " ".join(words) if cut else text
-            if opts.token_s:
-                time.sleep(opts.token_s * len(words))
-            results.append(GenerationResult(
-                request, text, tokens_in=len(prompt.split()), tokens_out=len(words),
-                finish_reason="length" if cut and not stopped else "stop"))
+            try:
+                results.append(self._answer(request))
+            except Exception as exc:  # one bad prompt fails alone, as the contract says
+                results.append(failed(request, f"{type(exc).__name__}: {exc}"))
         return results
+
+    def _answer(self, request: GenerationRequest) -> GenerationResult:
+        expert, opts = self.loaded(request.expert)
+        self.history.append(request)
+        if len(self.history) > 2 * HISTORY_LIMIT:
+            del self.history[:-HISTORY_LIMIT]
+        prompt = "\n".join(m.content for m in request.messages)
+        if any(s in prompt for s in opts.fail):
+            return failed(request, f"scripted failure of expert '{expert.id}'")
+        queue = self._queues.get(expert.id)
+        if queue:
+            text = queue.popleft()
+        else:
+            text = next((t for s, t in opts.script.items() if s in prompt), None)
+            if text is None:
+                text = opts.default or pseudo_answer(expert.id, prompt)
+        text, stopped = apply_stop(text, request.sampling.stop)
+        words = text.split()[: request.sampling.max_tokens]  # a word is a token here
+        cut = len(words) < len(text.split())
+        text = " ".join(words) if cut else text
+        if opts.token_s:
+            time.sleep(opts.token_s * len(words))
+        return GenerationResult(
+            request, text, tokens_in=len(prompt.split()), tokens_out=len(words),
+            finish_reason="length" if cut and not stopped else "stop")

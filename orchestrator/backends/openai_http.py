@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from ..errors import ConfigError, ModelNotServedError, ServerUnreachableError
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, apply_stop, failed
+from .base import BackendOptions, BaseBackend, apply_stop, failed, request_seed
 from .ioloop import IOLoop
 from .replicas import Replica, ReplicaTable
 from .server_sleep import SleepSwitch
@@ -263,7 +263,9 @@ class OpenAIHTTPBackend(BaseBackend):
             "max_tokens": request.sampling.max_tokens,
             "temperature": request.sampling.temperature,
             "top_p": request.sampling.top_p,
-            "seed": request.sampling.seed,
+            # sampled: the seed mixed with the expert id (one model listed twice: two samples)
+            "seed": (request.sampling.seed if request.sampling.greedy
+                     else request_seed(request.sampling.seed, request.expert)),
             **({"stop": list(request.sampling.stop)} if request.sampling.stop else {}),
             **opts.extra_body,
         }

@@ -56,4 +56,4 @@ def warn_prompt_mismatch(expert: ExpertSpec, path: Path) -> None:
     if trained is not None and " ".join(trained.split()) != " ".join((expert.system_prompt or "").split()):
         log.warning("expert %s: adapter %s was trained with the system prompt %r, the pool gives "
                     "%r; copy the trained one into the pool for the best answers", expert.id,
-                    expert.adapter or expert.lora_moe, trained, expert.system_prompt)
+                    expert.adapter or expert.lora_moe or expert.smore, trained, expert.system_prompt)

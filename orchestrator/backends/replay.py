@@ -18,8 +18,8 @@ A question with no recording fails alone. Parsed files are shared by all experts
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import json
 import re
 import threading
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ from pathlib import Path
 from pydantic import field_validator
 
 from ..errors import BenchmarkFormatError, ConfigError, ModelNotFoundError
+from ..safeio import iter_lines, json_loads
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
 from .base import BackendOptions, BaseBackend, apply_stop, failed
 
@@ -106,15 +107,12 @@ def parse_recording(path: Path) -> Recording:
     by_id: dict[str, int] = {}
     by_text: dict[str, int] = {}
     row = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with contextlib.closing(iter_lines(path, "Replay file", BenchmarkFormatError)) as lines:
+        for lineno, line in lines:
             if not line.strip():
                 continue
             where = f"{path}: line {lineno}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BenchmarkFormatError(f"{where}: not valid JSON ({err.msg})") from None
+            item = json_loads(line, where, BenchmarkFormatError)
             recorded = item.get("models") if isinstance(item, dict) else None
             if not isinstance(recorded, dict) or "question" not in item:
                 raise BenchmarkFormatError(
@@ -155,13 +153,10 @@ def load_recording(path: Path) -> Recording:
 
 
 def first_line_models(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
+    with contextlib.closing(iter_lines(path, "Replay file", BenchmarkFormatError)) as lines:
+        for lineno, line in lines:
             if line.strip():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise BenchmarkFormatError(f"{path}: line 1: not valid JSON ({err.msg})") from None
+                item = json_loads(line, f"{path}: line {lineno}", BenchmarkFormatError)
                 recorded = item.get("models") if isinstance(item, dict) else None
                 return list(recorded) if isinstance(recorded, dict) else []
     return []

@@ -26,7 +26,7 @@ from ..errors import BackendError, FolderNotFoundError, OrchestratorError
 from ..extras import require_installed
 from ..modelref import check_cached, describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, apply_stop, failed, first_problem, run_checks
+from .base import BackendOptions, BaseBackend, apply_stop, failed, first_problem, request_seed, run_checks
 from .folders import find_folder
 from .prompting import render_prompt, warn_prompt_mismatch
 
@@ -71,6 +71,7 @@ class BaseKey:
     trust_remote_code: bool
     attn_implementation: str | None
     lora_moe: str | None = None  # a LoRA-MoE folder: its layers are injected into this copy
+    smore: str | None = None  # an S'MoRE folder: likewise
 
 
 @dataclass
@@ -103,6 +104,7 @@ class TransformersBackend(BaseBackend):
     name = "transformers"
     supports_lora = True
     supports_lora_moe = True
+    supports_smore = True  # S'MoRE adapters (`smore:`)
     Options = TransformersOptions
 
     def __init__(self, context=None):
@@ -130,6 +132,7 @@ class TransformersBackend(BaseBackend):
             lambda: self._check_model(expert, probe),
             lambda: expert.adapter and f"LoRA {self._adapter_path(expert)}",
             lambda: expert.lora_moe and self._check_lora_moe(expert),
+            lambda: expert.smore and self._check_smore(expert),
         ])
 
     def _check_model(self, expert: ExpertSpec, probe: bool) -> str:
@@ -152,6 +155,14 @@ class TransformersBackend(BaseBackend):
                 "trained, or retrain it.")
         return f"LoRA-MoE {path} ({len(config.experts)} experts, top-{config.top_k})"
 
+    def _check_smore(self, expert: ExpertSpec) -> str:
+        from ..adapters.smore.config import SmoreConfig
+
+        path = self._smore_path(expert)
+        config = SmoreConfig.load(path)
+        return (f"S'MoRE {path} (experts {config.experts}, fan-out {config.fan()}, "
+                f"{config.gate} gate)")
+
     @staticmethod
     def _modules(expert: ExpertSpec) -> tuple[str, ...]:
         """What loading this expert imports."""
@@ -165,8 +176,9 @@ class TransformersBackend(BaseBackend):
         ref = resolve(expert.model, self.context.base_dir)
         adapter = self._adapter_path(expert) if expert.adapter else None  # before any loading
         moe = str(self._lora_moe_path(expert)) if expert.lora_moe else None
+        smore = str(self._smore_path(expert)) if expert.smore else None
         key = BaseKey(local_folder(ref), expert.dtype or "bfloat16", opts.device,
-                      opts.trust_remote_code, opts.attn_implementation, moe)
+                      opts.trust_remote_code, opts.attn_implementation, moe, smore)
         base = self._bases.get(key) or self._load_base(key, expert, local_only=ref.kind != "hub")
         if adapter is not None:
             try:
@@ -211,6 +223,11 @@ class TransformersBackend(BaseBackend):
 
             warn_prompt_mismatch(expert, Path(key.lora_moe))
             model = LoraMoeModel.load(key.lora_moe, model).to(key.device).model.eval()
+        if key.smore is not None:  # likewise: S'MoRE layers injected in place
+            from ..adapters.smore import SmoreModel
+
+            warn_prompt_mismatch(expert, Path(key.smore))
+            model = SmoreModel.load(key.smore, model).to(key.device).model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -225,6 +242,11 @@ class TransformersBackend(BaseBackend):
         return find_folder(expert.id, "adapter", expert.adapter, "adapter_config.json",
                            self.context.base_dir, "PEFT adapter", "Give a folder written by "
                            "`orchestrate lora train` or save_pretrained, relative to the pool file.")
+
+    def _smore_path(self, expert: ExpertSpec) -> Path:
+        return find_folder(expert.id, "smore", expert.smore, "smore_config.json",
+                           self.context.base_dir, "S'MoRE", "Give a folder written by "
+                           "`orchestrate smore train`.")
 
     def _lora_moe_path(self, expert: ExpertSpec) -> Path:
         return find_folder(expert.id, "lora_moe", expert.lora_moe, "lora_moe_config.json",
@@ -356,7 +378,7 @@ class TransformersBackend(BaseBackend):
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            torch.manual_seed(sampling.seed)
+            torch.manual_seed(request_seed(sampling.seed, loaded.spec.id))  # per expert
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=0)
         if sampling.stop:

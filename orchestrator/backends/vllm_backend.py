@@ -16,7 +16,6 @@ tensor parallel over several; the memory budget per GPU and the eviction of slee
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ from ..errors import BackendError, ConfigError
 from ..extras import require_installed
 from ..modelref import check_cached, describe, local_folder, resolve
 from ..types import ExpertSpec, GenerationRequest, GenerationResult
-from .base import BackendOptions, BaseBackend, failed
+from .base import BackendOptions, BaseBackend, failed, request_seed
 from .folders import find_folder
 from .vllm_engine import Engine, EngineStart, model_folder, sleep_mode_available
 from .vllm_memory import DEFAULT_UTILIZATION, parse_gpus
@@ -378,14 +377,6 @@ class VLLMBackend(BaseBackend):
             engine.model, len(items), sum(i[1] for i in items), sum(i[2] for i in items), seconds
         ))
         return items
-
-
-def request_seed(seed: int, expert_id: str) -> int:
-    """The sampling seed of one expert's requests: the run seed mixed with the expert id, so
-    that two experts on one model (a pool listing it twice) sample independently, and a run
-    with the same seed samples the same again. [0, 2**31)."""
-    digest = hashlib.blake2b(f"{seed}:{expert_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 def _sampling_params(request: GenerationRequest, room: int):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import BenchmarkFormatError
+from ..safeio import iter_lines, json_loads, read_text
 from ..types import AnswerType, Query
 
 Format = Literal["auto", "symbolic-moe", "gsm8k", "jsonl"]
@@ -51,17 +52,13 @@ def _require_str(path: Path, where: str, item: dict, field: str, *, allow_number
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _fail(path, f"line {lineno}", f"not valid JSON ({err.msg})") from None
-            if not isinstance(item, dict):
-                raise _fail(path, f"line {lineno}", "each line must be a JSON object")
-            yield lineno, item
+    for lineno, line in iter_lines(path, "Benchmark file", BenchmarkFormatError):
+        if not line.strip():
+            continue
+        item = json_loads(line, f"{path}: line {lineno}", BenchmarkFormatError)
+        if not isinstance(item, dict):
+            raise _fail(path, f"line {lineno}", "each line must be a JSON object")
+        yield lineno, item
 
 
 def _make(qid, question, gold, options=(), domain=None, meta=None) -> Query:
@@ -74,10 +71,13 @@ def _make(qid, question, gold, options=(), domain=None, meta=None) -> Query:
 
 
 def read_symbolic_moe(path: Path) -> list[Query]:
+    text = read_text(path, "Benchmark file", BenchmarkFormatError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise _fail(path, f"line {err.lineno}", f"not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise _fail(path, "top level", "JSON nested too deeply to read") from None
     if not isinstance(data, list):
         raise _fail(path, "top level", "expected a JSON list of {question, gold_answer} objects")
     queries = []
@@ -135,10 +135,12 @@ def read_jsonl(path: Path) -> list[Query]:
 
 
 def detect_format(path: Path) -> str:
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
-        if "\n" not in head:  # a first line longer than the read: take all of it
-            head += handle.readline()
+    head = ""
+    for _, line in iter_lines(path, "Benchmark file", BenchmarkFormatError):
+        head += line
+        if head.strip():  # the first line that holds anything decides
+            break
+    head = head.lstrip()
     if not head:
         raise BenchmarkFormatError(f"{path}: the file is empty; it holds no questions.")
     if head.startswith("["):
@@ -148,6 +150,8 @@ def detect_format(path: Path) -> str:
         item = json.loads(first)
     except json.JSONDecodeError:
         raise _fail(path, "line 1", "not valid JSON; expected a JSON list or JSON lines") from None
+    except RecursionError:
+        raise _fail(path, "line 1", "JSON nested too deeply to read") from None
     if isinstance(item, dict) and "gold" not in item and "####" in str(item.get("answer", "")):
         return "gsm8k"
     return "jsonl"

@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -31,10 +32,39 @@ def handle_errors(func: Callable) -> Callable:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted; nothing was written for the unfinished run.")
+            err.print(f"interrupted; {written_so_far()}", markup=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except (UnicodeDecodeError, RecursionError, OSError) as exc:
+            # readers name the file themselves (orchestrator/safeio.py); this is the backstop
+            # for one that does not, still one line and no traceback
+            if os.environ.get("ORCHESTRATOR_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {escape(describe_failure(exc))}", soft_wrap=True)
+            raise typer.Exit(1 if isinstance(exc, OSError) else 2) from None
 
     return wrapper
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"an input file is not UTF-8 text (byte 0x{exc.object[exc.start:exc.start + 1].hex()}"
+                f" at offset {exc.start}); save it as UTF-8.")
+    if isinstance(exc, RecursionError):
+        return "an input is nested too deeply to read (JSON or YAML thousands of levels deep)."
+    return f"{type(exc).__name__}: {exc}"
+
+
+def written_so_far() -> str:
+    """What this process wrote completely before the interrupt (orchestrator.outputs.WRITTEN),
+    so an interrupt while plotting never claims that nothing was written."""
+    outputs = sys.modules.get("orchestrator.outputs")
+    written = list(dict.fromkeys(getattr(outputs, "WRITTEN", [])))
+    if not written:
+        return "nothing was written."
+    folder = Path(os.path.commonpath([str(p.parent) for p in written]))
+    names = ", ".join(str(p.relative_to(folder)) for p in written)
+    return (f"written completely before the interrupt, in {folder}/: {names}; the rest of "
+            "this command's outputs were not written.")
 
 
 def split_ids(value: str | None) -> list[str] | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import lora, lora_moe, pools
+from . import lora, lora_moe, pools, smore
 from . import store as store_cli
 from .profile import profile
 from .report import report
@@ -37,6 +37,7 @@ app.add_typer(lora.app, name="lora")
 app.add_typer(lora_moe.app, name="lora-moe")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(store_cli.logs_app, name="logs")
+app.add_typer(smore.app, name="smore")
 
 
 def _version(value: bool) -> None:

@@ -30,14 +30,18 @@ def profile(
     k: Annotated[Optional[int], typer.Option("--k", help="Methods: experts per question of the run to measure for [default: the preset's].")] = None,
     router: Annotated[Optional[str], typer.Option(help="Methods: the run's router [default: the preset's].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
+    store: Annotated[Optional[Path], typer.Option(help="Generation store to reuse and write [default: the per-user store].")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Neither read nor write a generation store.")] = False,
 ) -> None:
     """Run every expert on DATA, score the answers, annotate skills, write a versioned profile."""
     from ..benchmarks.readers import read_benchmark
     from ..config import load_config
     from ..core import Orchestrator
+    from ..errors import OutputError
+    from ..outlock import claim_output
     from ..profiling.methods import MethodOptions, fusers_for
     from ..routing.base import check_experts, check_k
-    from ..skills import DEFAULT_VOCABULARY
+    from ..skills import DEFAULT_VOCABULARY, FieldAnnotator
     from ..skills.vocabulary import load_vocabulary
 
     queries = read_benchmark(data, fmt)
@@ -48,29 +52,41 @@ def profile(
         queries = queries[:limit]
     if not queries:
         raise typer.BadParameter(f"no questions left in {data} after --split/--limit")
-    with Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
-                                 annotator=annotator, annotator_expert=annotator_expert,
-                                 vocabulary=str(vocabulary) if vocabulary else None) as orch:
-        orch.check()
-        vocab = None
-        if annotator == "embedding":
-            vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
-        err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
-                  f"({annotator} annotator)", markup=False)
-        candidates = split_ids(aggregators)
-        if candidates:
-            check_experts(candidates, orch.pool)  # before any generation
-        measure = None
-        if methods:  # the run's own settings (not the profile's fixed k=1 routing)
-            run_config = load_config(config).with_overrides(k=k, router=router)
-            check_k(run_config.effective_k(), orch.pool)
-            measure = MethodOptions(orch.pool, run_config,
-                                    fusers_for(orch.pool, run_config, candidates), method_limit)
-        prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
-                                  prior_strength=prior_strength, aggregators=candidates,
-                                  aggregation_limit=aggregation_limit, methods=measure)
-    prof.meta.update({"data": str(data), "split": split, "limit": limit})
-    path = prof.save(out_path)
+    if out_path.suffix == ".npz":
+        raise OutputError(f"--out '{out_path}' ends in .npz, the name of the arrays file written "
+                          "beside the profile; give the profile's .json path.")
+    if annotator == "field":  # the field annotator reads `domain`: check before generating
+        FieldAnnotator().annotate(queries)
+    # --out (and the .npz beside it) is checked and locked before any model loads
+    with claim_output(out_path, file=True, companions=[out_path.with_suffix(".npz")]):
+        from .runstate import open_store
+
+        with open_store(store, no_store) as db, \
+                Orchestrator.from_files(pool, config, progress=progress, router="fixed", k=1,
+                                        store=db, annotator=annotator,
+                                        annotator_expert=annotator_expert,
+                                        vocabulary=str(vocabulary) if vocabulary else None) as orch:
+            orch.check()
+            vocab = None
+            if annotator == "embedding":
+                vocab = load_vocabulary(vocabulary or DEFAULT_VOCABULARY).skills
+            err.print(f"profiling {len(orch.specs)} experts on {len(queries)} questions "
+                      f"({annotator} annotator)", markup=False)
+            candidates = split_ids(aggregators)
+            if candidates:
+                check_experts(candidates, orch.pool)  # before any generation
+            measure = None
+            if methods:  # the run's own settings (not the profile's fixed k=1 routing)
+                run_config = load_config(config).with_overrides(k=k, router=router)
+                check_k(run_config.effective_k(), orch.pool)
+                measure = MethodOptions(orch.pool, run_config,
+                                        fusers_for(orch.pool, run_config, candidates),
+                                        method_limit)
+            prof = orch.build_profile(queries, orch.annotator, orch.embedder, vocabulary=vocab,
+                                      prior_strength=prior_strength, aggregators=candidates,
+                                      aggregation_limit=aggregation_limit, methods=measure)
+        prof.meta.update({"data": str(data), "split": split, "limit": limit})
+        path = prof.save(out_path)
     acc = sorted(zip(prof.accuracy, prof.experts), reverse=True)
     for a, e in acc[:10]:
         out.print(f"{e:<40} {100 * a:6.2f}%", markup=False)

@@ -43,11 +43,10 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
            f"{esc['chosen_per_question']:.2f} chosen ({esc['mode']} escalation: "
            f"{esc['escalated']} questions asked more experts)"]
           if (esc := summary.get("escalation")) else []),
-        f"loads      {summary['loads_total']}   errors {summary['errors']}   "
-        f"wall {summary['wall_s']:.1f}s   orchestration overhead "
-        f"{100 * summary['overhead_share']:.1f}%",
-        *([f"stages     annotate {summary['annotate_s']:.2f}s   route {summary['route_s']:.3f}s "
-           f"({summary['route_qps']:,} questions/s)"] if summary.get("route_qps") else []),
+        *([f"store      {st['from_store']} from the store, {st['generated']} generated "
+           f"({st['path']})"] if (st := summary.get("store")) and st.get("path") else []),
+        *stage_lines(summary),
+        *cost_lines(summary),
         f"results    {out_dir}/results.jsonl, {out_dir}/summary.json",
     ] + evaluation_lines(summary.get("evaluation")) + method_lines(summary.get("method"))
 
@@ -58,6 +57,38 @@ def method_lines(method: dict[str, Any] | None) -> list[str]:
         return []
     return [f"method     {method['method']}: {method['reason']}",
             *(f"WARN       {w}" for w in method.get("warnings") or [])]
+
+
+def stage_lines(summary: dict[str, Any]) -> list[str]:
+    """Loads, errors, wall time, then seconds per stage and the orchestrator's own time."""
+    head = (f"loads      {summary['loads_total']}   errors {summary['errors']}   "
+            f"wall {summary['wall_s']:.1f}s   ")
+    stages = summary.get("stages")
+    if not stages:  # a summary written before stages were recorded
+        return [head + f"orchestration overhead {100 * summary['overhead_share']:.1f}%"]
+    names = {"annotate_s": "annotate", "route_s": "route", "load_s": "load",
+             "generate_s": "generate", "aggregate_s": "aggregate"}
+    parts = [f"{names.get(k, k)} {v:.2f}s" for k, v in stages.items()]
+    qps = f" ({summary['route_qps']:,} questions/s routed)" if summary.get("route_qps") else ""
+    return [head + f"orchestrator's own time {summary['overhead_s']:.2f}s "
+            f"({100 * summary['overhead_share']:.1f}%)",
+            f"stages     {'   '.join(parts)}{qps}"]
+
+
+def cost_lines(summary: dict[str, Any]) -> list[str]:
+    """Calls and tokens per question, and money when the manifest prices every expert."""
+    cost = summary.get("cost")
+    if not cost:
+        return []
+    line = (f"cost       {cost['calls_per_question']:.2f} calls, "
+            f"{cost['tokens_in_per_question']:,.0f} tokens in, "
+            f"{cost['tokens_out_per_question']:,.0f} out per question")
+    if cost.get("money") is not None:
+        line += (f"   money {cost['money']:.6g} in all, {cost['money_per_question']:.6g} per "
+                 "question (manifest prices)")
+    elif cost.get("unpriced"):
+        line += f"   money unknown (no price for {', '.join(cost['unpriced'])})"
+    return [line]
 
 
 def evaluation_lines(ev: dict[str, Any] | None) -> list[str]:

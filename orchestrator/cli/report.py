@@ -17,9 +17,14 @@ def report(
     """Write DIR/report.md with plots in DIR/report/ and the viewer DIR/report.html from
     DIR/results.jsonl and DIR/summary.json (plus accuracy vs k when DIR/sweep.json exists);
     prints report.md's path."""
+    from ..outlock import claim_output
     from ..report import write_report
 
-    out.print(str(write_report(run_dir)), markup=False, soft_wrap=True)
+    if not run_dir.is_dir():
+        write_report(run_dir)  # raises: the folder does not exist
+    with claim_output(run_dir, flag="DIR"):  # not while a run writes into it
+        path = write_report(run_dir)
+    out.print(str(path), markup=False, soft_wrap=True)
 
 
 def report_after_run(run_dir: Path) -> Path | None:

@@ -31,7 +31,8 @@ def serve(
     deadline_s: Annotated[Optional[float], typer.Option(min=0.001, help="Per-request deadline in seconds (default 300; 504 when missed).")] = None,
     max_body_bytes: Annotated[Optional[int], typer.Option(min=1, help="Largest request body (default 1000000; 413 beyond).")] = None,
     graceful_timeout_s: Annotated[Optional[int], typer.Option(min=0, help="On SIGTERM, seconds for in-flight requests to finish (default 30); then 503 shutting_down.")] = None,
-    log_requests: Annotated[Optional[bool], typer.Option("--log-requests/--no-log-requests", help="One log line per chat request (id, model, user, metadata, tokens).")] = None,
+    log_requests: Annotated[Optional[bool], typer.Option("--log-requests/--no-log-requests", help="Record every chat request, its routing and answer in the generation store (`orchestrate logs`), plus one log line each.")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="The store request records go to [default: the per-user store].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
 ) -> None:
     """Serve a pool at http://HOST:PORT/v1 (chat completions, streaming, models, route, metrics)."""
@@ -48,7 +49,8 @@ def serve(
                             served_model_name=served_model_name, api_key_env=api_key_env,
                             window_ms=window_ms, max_batch=max_batch, max_queue=max_queue,
                             deadline_s=deadline_s, max_body_bytes=max_body_bytes,
-                            graceful_timeout_s=graceful_timeout_s, log_requests=log_requests)
+                            graceful_timeout_s=graceful_timeout_s, log_requests=log_requests,
+                            store=store)
     if cfg.pool is None:
         raise ConfigError("No pool to serve: pass --pool pools/NAME.yaml or set 'pool' in --config.")
     api_key = os.environ.get(cfg.api_key_env) or None
@@ -57,6 +59,11 @@ def serve(
                   f"can reach this port can use the pool. Set {cfg.api_key_env} to require a key.")
     overrides = {"k": k, "router": router, "profile": str(cfg.profile) if cfg.profile else None,
                  "min_experts_ok": cfg.min_experts_ok}
+    request_log = None
+    if cfg.log_requests:  # opened before any model loads: a bad store is one line, exit 2
+        from ..store import GenerationStore
+
+        request_log = GenerationStore(cfg.store)
     with Orchestrator.from_files(cfg.pool, cfg.run, dry_run=dry_run,
                                  **{n: v for n, v in overrides.items() if v is not None}) as orch:
         orch.check()  # every model resolves before the server accepts a request
@@ -67,7 +74,8 @@ def serve(
                         drain_timeout_s=cfg.graceful_timeout_s,
                         served_model_name=cfg.served_model_name, aliases=cfg.aliases,
                         host=cfg.host, allowed_hosts=cfg.allowed_hosts,
-                        log_requests=cfg.log_requests, concurrency=cfg.concurrency)
+                        log_requests=cfg.log_requests, concurrency=cfg.concurrency,
+                        request_log=request_log)
         sock = bind(cfg.host, cfg.port)  # a port in use: one line, exit 2
         bound = sock.getsockname()[1]
         names = ", ".join([cfg.served_model_name, *cfg.aliases])

@@ -12,6 +12,7 @@ m): estimate[e, s] = (correct[e, s] + m * g_e) / (count[e, s] + m).
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, UnknownNameError
+from ..safeio import json_loads, read_text
 
 PROFILE_KIND = "orchestrator-skill-profile"
 PROFILE_VERSION = 2  # 2: per-question answer codes (vote-aware routing)
@@ -105,25 +107,43 @@ class Profile:
         }
 
     def save(self, path: str | Path) -> Path:
+        """NAME.json and NAME.npz, both written to temporary files first and renamed only when
+        both are complete: a failure leaves neither half of a profile behind."""
+        import os
+        import tempfile
+
         from ..outputs import atomic_write_text
 
         path = Path(path)
         arrays = path.with_suffix(".npz")
+        for target in (path, arrays):
+            if target.is_dir():
+                raise ConfigError(f"Profile output '{target}' is a folder; give the path of a "
+                                  "file such as runs/profile.json.")
         indptr = np.cumsum([0] + [len(s) for s in self.val_skills]).astype(np.int64)
         indices = np.fromiter((j for s in self.val_skills for j in s), dtype=np.int32)
         arrays.parent.mkdir(parents=True, exist_ok=True)
-        tmp = arrays.with_name(f".{arrays.name}.tmp.npz")
-        np.savez_compressed(
-            tmp, experts=np.array(self.experts), skills=np.array(self.skills),
-            counts=self.counts.astype(np.int32), correct=self.correct.astype(np.int32),
-            n=self.n.astype(np.int32), n_correct=self.n_correct.astype(np.int32),
-            skill_emb=self.skill_emb.astype(np.float16), val_ids=np.array(self.val_ids),
-            val_emb=self.val_emb.astype(np.float16), val_correct=self.val_correct.astype(np.uint8),
-            val_skill_indptr=indptr, val_skill_indices=indices,
-            **({} if self.val_answers is None else {"val_answers": self.val_answers.astype(np.int16)}),
-        )
-        tmp.replace(arrays)
-        atomic_write_text(path, json.dumps(self.to_json(arrays.name), indent=1) + "\n")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{arrays.name}.", suffix=".tmp.npz",
+                                        dir=arrays.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            np.savez_compressed(
+                tmp, experts=np.array(self.experts), skills=np.array(self.skills),
+                counts=self.counts.astype(np.int32), correct=self.correct.astype(np.int32),
+                n=self.n.astype(np.int32), n_correct=self.n_correct.astype(np.int32),
+                skill_emb=self.skill_emb.astype(np.float16), val_ids=np.array(self.val_ids),
+                val_emb=self.val_emb.astype(np.float16),
+                val_correct=self.val_correct.astype(np.uint8),
+                val_skill_indptr=indptr, val_skill_indices=indices,
+                **({} if self.val_answers is None
+                   else {"val_answers": self.val_answers.astype(np.int16)}),
+            )
+            tmp.replace(arrays)
+            atomic_write_text(path, json.dumps(self.to_json(arrays.name), indent=1) + "\n")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -132,10 +152,7 @@ class Profile:
         if not path.is_file():
             raise ConfigError(f"Profile '{path}' does not exist. Build one with "
                               "`orchestrate profile --pool POOL --data FILE --out PROFILE.json`.")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"Profile '{path}' is not valid JSON ({err.msg}).") from None
+        doc = json_loads(read_text(path, "Profile", ConfigError), f"Profile '{path}'", ConfigError)
         if not isinstance(doc, dict) or doc.get("kind") != PROFILE_KIND:
             raise ConfigError(f"'{path}' is not a skill profile (no kind '{PROFILE_KIND}').")
         if doc.get("version") != PROFILE_VERSION:
@@ -146,8 +163,18 @@ class Profile:
         arrays = path.parent / str(doc.get("arrays", ""))
         if not arrays.is_file():
             raise ConfigError(f"Profile '{path}' needs its arrays file '{arrays}', which is missing.")
-        with np.load(arrays) as z:
-            a = {k: z[k] for k in z.files}
+        try:
+            with np.load(arrays) as z:
+                a = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ConfigError(f"Profile arrays '{arrays}' cannot be read ({type(err).__name__}: "
+                              f"{err}); rebuild the profile with `orchestrate profile`.") from None
+        missing = [k for k in ("experts", "skills", "counts", "correct", "n", "n_correct",
+                               "skill_emb", "val_ids", "val_emb", "val_correct",
+                               "val_skill_indptr", "val_skill_indices") if k not in a]
+        if missing:
+            raise ConfigError(f"Profile arrays '{arrays}' lack {', '.join(missing)}; rebuild the "
+                              "profile with `orchestrate profile`.")
         experts = [str(e) for e in a["experts"]]
         if pool_experts is not None:
             unknown = [e for e in experts if e not in pool_experts]

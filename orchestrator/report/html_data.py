@@ -85,17 +85,54 @@ def summary_rows(run: RunDir) -> list[list[str]]:
                              f"{len(s.get('pool_experts') or experts)}"],
             ["failed generations", str(s.get("errors", "-"))],
             ["model loads", str(s.get("loads_total", "-"))]]
-    cost = s.get("cost", s.get("cost_usd"))
-    if isinstance(cost, (int, float)):
-        rows.append(["cost", f"{cost:,.4f}"])
+    rows += cost_rows(s)
     if s.get("aggregated_by"):
         rows.append(["decided by", ", ".join(f"{k}: {v}" for k, v in s["aggregated_by"].items())])
-    stages = [(key[:-2].replace("_", " "), value) for key, value in s.items()
-              if key.endswith("_s") and isinstance(value, (int, float))]
-    rows += [[f"{name} seconds", f"{value:.3f}"] for name, value in stages]
+    rows += stage_rows(s)
     if s.get("benchmark"):
         rows.append(["benchmark", str(s["benchmark"]) + (" (dry run)" if s.get("dry_run") else "")])
     rows += [["executor", str(s.get("executor", "-"))], ["pool", str(s["pool"])]]
+    return rows
+
+
+def cost_rows(s: dict) -> list[list[str]]:
+    """Calls, escalation, k chosen, tokens and money per question (what the answers cost)."""
+    rows = []
+    esc = s.get("escalation")
+    if isinstance(esc, dict):
+        rows.append(["calls per question", f"{esc['calls_per_question']:.2f} of "
+                     f"{esc['chosen_per_question']:.2f} chosen ({esc['mode']} escalation, "
+                     f"{esc['escalated']} questions escalated)"])
+    chosen = s.get("k_chosen")
+    if isinstance(chosen, dict) and len(chosen.get("distribution") or {}) > 1:
+        rows.append(["k chosen", ", ".join(f"{k}: {n}" for k, n in chosen["distribution"].items())])
+    cost = s.get("cost")
+    if isinstance(cost, dict):
+        rows.append(["tokens per question", f"{cost['tokens_in_per_question']:,} in / "
+                     f"{cost['tokens_out_per_question']:,} out"])
+        if cost.get("money") is not None:
+            rows.append(["cost", f"{cost['money']:,.4f} ({cost['money_per_question']:.6f} per "
+                         "question)"])
+    elif isinstance(cost, (int, float)):
+        rows.append(["cost", f"{cost:,.4f}"])
+    store = s.get("store")
+    if isinstance(store, dict) and store.get("path"):
+        rows.append(["from the store", f"{store['from_store']:,} reused, {store['generated']:,} "
+                     "generated"])
+    return rows
+
+
+def stage_rows(s: dict) -> list[list[str]]:
+    """Seconds per stage and the orchestrator's own time (the wall time minus the stages)."""
+    stages = s.get("stages")
+    if not isinstance(stages, dict):  # an older summary: its *_s fields
+        stages = {k: v for k, v in s.items() if k.endswith("_s") and isinstance(v, (int, float))}
+    rows = [[f"{key[:-2].replace('_', ' ')} seconds", f"{value:.3f}"]
+            for key, value in stages.items() if isinstance(value, (int, float))]
+    if isinstance(s.get("wall_s"), (int, float)) and "wall_s" not in stages:
+        rows.append(["wall seconds", f"{s['wall_s']:.3f}"])
+    if isinstance(s.get("overhead_s"), (int, float)) and "overhead_s" not in stages:
+        rows.append(["orchestrator's own seconds", f"{s['overhead_s']:.3f}"])
     return rows
 
 

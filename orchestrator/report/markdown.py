@@ -63,11 +63,7 @@ def render(run: RunDir, images: Sequence[tuple[str, str]]) -> str:
             [(d, row["n"], *(with_ci(row[k], row["routed_ci"]) if k == "routed" else pct(row[k])
                              for k in keys)) for d, row in per_domain.items()])]
     if run.sweep and run.sweep.get("rows"):
-        lines += ["## Sweep over k", "", *table(
-            ["k", "accuracy", "mean k", "experts used", "expert calls", "answers generated (new)"],
-            [(r["k"], pct(r.get("accuracy")), f"{r.get('mean_k', r['k']):.2f}",
-              r.get("distinct_experts", "-"), r.get("calls", "-"), r.get("generated", "-"))
-             for r in sorted(run.sweep["rows"], key=lambda r: r["k"])])]
+        lines += ["## Sweep over k", "", *sweep_table(run.sweep["rows"])]
     if images:
         lines += ["## Plots", ""]
         for alt, rel in images:
@@ -98,6 +94,22 @@ def method_section(method: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def sweep_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The sweep's rows by escalation mode then k; money per question when priced; * marks the
+    accuracy-vs-calls frontier."""
+    priced = any(r.get("money") is not None for r in rows)
+    return table(
+        ["k", "escalation", "accuracy", "mean k", "experts used", "expert calls",
+         "calls per question", *(["money per question"] if priced else []),
+         "answers generated (new)", "frontier"],
+        [(r["k"], r.get("escalation", "-"), with_ci(r.get("accuracy"), r.get("accuracy_ci")),
+          f"{r.get('mean_k', r['k']):.2f}", r.get("distinct_experts", "-"), r.get("calls", "-"),
+          f"{r['calls_per_question']:.2f}" if "calls_per_question" in r else "-",
+          *([money(r.get("money_per_question"))] if priced else []), r.get("generated", "-"),
+          "*" if r.get("pareto") else "")
+         for r in sorted(rows, key=lambda r: (str(r.get("escalation", "")), r["k"]))])
+
+
 def with_ci(value: float | None, ci) -> str:
     """"48.20% [45.10, 51.30]": a percentage with its 95% interval when there is one."""
     if value is None or not ci:
@@ -119,13 +131,58 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("model loads", str(s.get("loads_total", "-"))),
         ("failed generations", str(s.get("errors", "-"))),
         ("wall time", f"{s.get('wall_s', 0):.2f} s"),
-        ("orchestration overhead", f"{100 * s.get('overhead_share', 0):.1f}% of wall time "
-                                   f"({s.get('overhead_s', 0):.2f} s)"),
+        *stage_rows(s),
         ("executor", str(s.get("executor", "-"))),
+        *cost_rows(s),
     ]
-    if s.get("route_qps"):
+    return rows
+
+
+STAGE_NAMES = {"annotate_s": "annotate", "route_s": "route", "load_s": "load models",
+               "generate_s": "generate", "aggregate_s": "aggregate"}
+
+
+def stage_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Seconds per stage with its share of the wall time, then the orchestrator's own time
+    (wall minus every stage); summaries without `stages` show annotate / route only."""
+    wall = s.get("wall_s") or 0.0
+    share = (lambda sec: f"{sec:.2f} s ({100 * sec / wall:.1f}%)") if wall else (
+        lambda sec: f"{sec:.2f} s")
+    stages = s.get("stages")
+    rows = []
+    if stages:
+        qps = f", {s['route_qps']:,} questions/s" if s.get("route_qps") else ""
+        rows += [(f"stage: {STAGE_NAMES.get(key, key)}",
+                  share(sec) + (qps if key == "route_s" else "")) for key, sec in stages.items()]
+    elif s.get("route_qps"):
         rows.append(("annotate / route", f"{s.get('annotate_s', 0):.2f} s / "
                                          f"{s.get('route_s', 0):.3f} s ({s['route_qps']:,} questions/s)"))
+    label = "orchestrator's own time" if stages else "orchestration overhead"
+    rows.append((label, f"{100 * s.get('overhead_share', 0):.1f}% of wall time "
+                        f"({s.get('overhead_s', 0):.2f} s)"))
+    return rows
+
+
+def money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}" if value < 0.01 else f"{value:,.4f}"
+
+
+def cost_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Calls and tokens per question; money when the manifest prices every expert called."""
+    cost = s.get("cost")
+    if not cost:
+        return []
+    rows = [("expert calls per question", f"{cost['calls_per_question']:.2f}"
+             + (f" ({cost['aggregator_calls']} aggregator generations in all)"
+                if cost.get("aggregator_calls") else "")),
+            ("tokens per question", f"{cost['tokens_in_per_question']:,.0f} in, "
+                                    f"{cost['tokens_out_per_question']:,.0f} out")]
+    if cost.get("money") is not None:
+        rows.append(("money (manifest prices)", f"{money(cost['money'])} in all, "
+                                                f"{money(cost['money_per_question'])} per question"))
+    elif cost.get("unpriced"):
+        rows.append(("money", "not known: no price in the manifest for "
+                              + ", ".join(cost["unpriced"])))
     return rows
 
 

@@ -122,7 +122,8 @@ def expert_usage_heatmap(run: RunDir, top: int = 20) -> Figure | None:
 
 def accuracy_vs_k(run: RunDir) -> Figure | None:
     sweep = run.sweep
-    rows = sorted((sweep or {}).get("rows") or [], key=lambda r: r["k"])
+    rows = sorted(one_mode((sweep or {}).get("rows") or [], run.summary),
+                  key=lambda r: r["k"])
     if not rows:
         return None
     ks = [r["k"] for r in rows]
@@ -167,6 +168,16 @@ def accuracy_vs_k(run: RunDir) -> Figure | None:
     return fig
 
 
+def one_mode(rows: list[dict], summary: dict) -> list[dict]:
+    """A sweep over several escalation modes, reduced to this run's mode (else the first)."""
+    modes = list(dict.fromkeys(r.get("escalation") for r in rows))
+    if len(modes) < 2:
+        return rows
+    mine = (summary.get("escalation") or {}).get("mode")
+    keep = mine if mine in modes else modes[0]
+    return [r for r in rows if r.get("escalation") == keep]
+
+
 def expert_time(run: RunDir) -> Figure | None:
     table = run.summary["experts"]
     if not table:
@@ -175,8 +186,14 @@ def expert_time(run: RunDir) -> Figure | None:
     load = np.array([table[e].get("load_s", 0.0) for e in names])
     gen = np.array([table[e].get("generate_s", 0.0) for e in names])
     y = np.arange(len(names))
-    fig = figure(7.5, max(3.0, 0.34 * len(names) + 1.8))
-    ax = fig.add_subplot()
+    stages = run.summary.get("stages")
+    height = max(3.0, 0.34 * len(names) + 1.8)
+    fig = figure(7.5, height + (2.2 if stages else 0))
+    if stages:
+        top, ax = fig.subplots(2, 1, height_ratios=[1.8, height])
+        stage_bar(top, run.summary)
+    else:
+        ax = fig.add_subplot()
     ax.barh(y, load, color=LOAD, label="model load")
     ax.barh(y, gen, left=load, color=GENERATE, label="generation")
     span = float((load + gen).max()) or 1.0
@@ -195,6 +212,38 @@ def expert_time(run: RunDir) -> Figure | None:
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     above(ax, ncols=2)
-    titled(fig, f"Time per expert on pool {run.summary['pool']}",
-           "stacked seconds: model load + generation; calls = questions answered")
+    titled(fig, f"Where the time went on pool {run.summary['pool']}" if stages else
+           f"Time per expert on pool {run.summary['pool']}",
+           ("top: the run's wall time by stage (own time = the orchestrator's, outside every "
+            "stage); below: " if stages else "") +
+           "stacked seconds per expert: model load + generation; calls = questions answered")
     return fig
+
+
+STAGE_COLORS = {"annotate_s": ("annotate", "#fdae6b"), "route_s": ("route", "#e6550d"),
+                "load_s": ("load", LOAD), "generate_s": ("generate", GENERATE),
+                "aggregate_s": ("aggregate", "#74c476"), "own": ("own time", "#bdbdbd")}
+
+
+def stage_bar(ax, summary: dict) -> None:
+    """One bar of the wall time, stacked by stage, each segment labelled with its seconds."""
+    parts = [*summary["stages"].items(), ("own", summary.get("overhead_s", 0.0))]
+    wall = summary.get("wall_s") or sum(v for _, v in parts) or 1.0
+    left = 0.0
+    for key, sec in parts:
+        label, color = STAGE_COLORS.get(key, (key, "#999999"))
+        ax.barh(0, sec, left=left, color=color, label=f"{label} {seconds(sec)}", height=0.6)
+        if sec >= 0.08 * wall:
+            ax.text(left + sec / 2, 0, seconds(sec), ha="center", va="center", fontsize=7)
+        left += sec
+    ax.set_xlim(0, max(wall, left) * 1.02)
+    ax.set_yticks([0], [f"wall {seconds(wall)}"], fontsize=8)
+    ax.set_xlabel("seconds of the run's wall time", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3, frameon=False, fontsize=7,
+              borderaxespad=0.2)
+
+
+def seconds(value: float) -> str:
+    """1.2s, 0.35s, 4.1ms: readable at any scale."""
+    return f"{value:.1f}s" if value >= 1 else f"{value:.2f}s" if value >= 0.1 else (
+        f"{1000 * value:.1f}ms")

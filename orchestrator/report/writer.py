@@ -57,7 +57,8 @@ def _draw(run: RunDir, stem: str, draw: Callable, path: Path) -> bool:
         save_png(fig, path)
     except Exception as exc:  # matplotlib raises many types; the run's results stay valid
         log.debug("drawing %s failed", stem, exc_info=True)
-        raise ReportError(f"could not draw {path}: {type(exc).__name__}: {exc}") from exc
+        detail = " ".join(str(exc).split())[:300]  # one line, whatever matplotlib says
+        raise ReportError(f"could not draw {path}: {type(exc).__name__}: {detail}") from exc
     return True
 
 

@@ -30,6 +30,11 @@ from .graph import RoutingGraph
 from .policy import choose_subset, confident
 
 MAX_CANDIDATES = 2000  # ordered tuples scored; beyond it, one order per set (best first)
+# k by evidence picks among the tuples of every size (about 6x more candidates than one k), so
+# a skill's best estimate is more often luck: its prior weight is this many times larger.
+# Replay MMLU-Pro, evidence k vs best fixed k: 1x -0.24 / -0.10 points, 4x +0.00 / -0.14
+# (13 / 28 models; benchmarks/replay_quality.py --cost-only).
+EVIDENCE_SHRINKAGE = 4.0
 
 
 def vote_correct(codes: np.ndarray, tuples: np.ndarray) -> np.ndarray:
@@ -69,6 +74,8 @@ class EnsembleRouter(RouterBase):
         self.graph = RoutingGraph(self.profile)
         opts = config.routing
         self.size, self.shrinkage = opts.candidates, opts.ensemble_shrinkage
+        if opts.k_by_evidence:
+            self.shrinkage *= EVIDENCE_SHRINKAGE
         self.membership = self.graph.membership(self.profile.val_skills)  # [N, S]
         self._tables: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
         k = config.effective_k()

@@ -78,6 +78,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     log_requests: bool = False
     concurrency: int = 4  # batches running at once: a hung expert never holds up the others
+    request_log: Any = None  # a GenerationStore: each chat request, its routing and answer
 
 
 class Serving:
@@ -224,9 +225,15 @@ async def chat_completions(request: Request) -> Response:
         raise UnknownModelError(body.model, list(serving.names))
     call = wire.to_call(body, routing)
     started = time.perf_counter()
-    result = await serving.complete(call, request)
+    try:
+        result = await serving.complete(call, request)
+    except Exception as exc:
+        _record(serving, raw, None, None, str(exc)[:500], time.perf_counter() - started)
+        raise
     serving.metrics.count_tokens(body.model, result.prompt_tokens, result.completion_tokens)
     _log_request(serving, request, body, call, result, time.perf_counter() - started)
+    _record(serving, raw, wire.completion(result, body.model), result.info, None,
+            time.perf_counter() - started)
     if not body.stream:
         return JSONResponse(wire.completion(result, body.model))
 
@@ -236,6 +243,19 @@ async def chat_completions(request: Request) -> Response:
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _record(serving: Serving, raw: Mapping[str, Any], response, routing, error: str | None,
+            seconds: float) -> None:
+    """The request in the store's request log (`orchestrate logs`), when one is configured;
+    a log that cannot be written costs a warning, never the answer."""
+    store = serving.settings.request_log
+    if store is None:
+        return
+    try:
+        store.log_request(raw, response, routing=routing, error=error, duration_s=seconds)
+    except Exception as exc:  # a full or read-only store must not fail the request
+        log.warning("could not log the request in %s: %s", store.path, exc)
 
 
 def _log_request(serving: Serving, request: Request, body: wire.ChatBody, call: ChatCall,
@@ -305,7 +325,8 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
               max_body_bytes: int = 1_000_000, drain_timeout_s: float = 30.0,
               served_model_name: str = "orchestrator", aliases: Mapping[str, Alias] | None = None,
               host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
-              log_requests: bool = False, concurrency: int = 4) -> FastAPI:
+              log_requests: bool = False, concurrency: int = 4,
+              request_log: Any = None) -> FastAPI:
     """A FastAPI app serving `orch` (which the caller owns and closes). `api_key` (None: no
     auth, and then only requests addressed to loopback, `host` or `allowed_hosts` are
     answered) protects every route except /health and /version."""
@@ -320,7 +341,7 @@ def build_app(orch, *, api_key: str | None = None, window_s: float = 0.02, max_b
                           "or an alias; choose another --served-model-name.")
     settings = Settings(api_key or None, window_s, max_batch, max_queue, deadline_s,
                         max_body_bytes, drain_timeout_s, served_model_name, aliases, host,
-                        tuple(allowed_hosts), log_requests, concurrency)
+                        tuple(allowed_hosts), log_requests, concurrency, request_log)
     serving = Serving(orch, settings)
 
     @contextlib.asynccontextmanager

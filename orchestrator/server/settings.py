@@ -68,7 +68,10 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     graceful_timeout_s: int = Field(default=30, ge=0)
     min_experts_ok: int | None = Field(default=None, ge=1)
-    log_requests: bool = False  # one INFO line per chat request (id, model, user, metadata, usage)
+    # each chat request: one INFO line (id, model, user, metadata, usage) and a record of the
+    # request, its routing and its answer in the generation store (`orchestrate logs`)
+    log_requests: bool = False
+    store: Path | None = None  # the store the request records go to (default: the per-user one)
     limits: Limits = Limits()
 
     @field_validator("served_model_name")
@@ -112,7 +115,7 @@ def load_serve_config(path: str | Path | None, **overrides) -> ServeConfig:
                               f"{str(err).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"The serving config {path} must be a mapping of settings.")
-        for key in ("pool", "profile", "run"):
+        for key in ("pool", "profile", "run", "store"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(path.parent / data[key])
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -37,6 +37,7 @@ import yaml
 
 from ..config import PoolConfig
 from ..errors import ConfigError, UserError
+from ..procs import pid_alive
 
 DEFAULT_COMMAND = "vllm serve {model} {args}"
 VLLM_DEFAULT_MEMORY = 0.9  # vllm/config/cache.py gpu_memory_utilization
@@ -379,13 +380,7 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass  # not our child (started by another `pools up`): ask the kernel
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def stop(running: list[Running], grace_s: float = 30.0) -> list[str]:

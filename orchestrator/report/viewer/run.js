@@ -3,7 +3,7 @@
 "use strict";
 
 const RECORDS = DATA.records;
-const ESCALATION = RECORDS.some((r) => "escalated" in r || "rounds" in r);
+const ESCALATION = RECORDS.some(escalated); // the filter only when some question was escalated
 const state = {domain: "", outcome: "", disagree: false, expert: "", relation: "chosen", escalated: false, text: ""};
 let visible = RECORDS.map((_, i) => i); // indices of the rows the filters keep, table order
 let cursor = -1; // highlighted row in the table (j/k), an index into `visible`

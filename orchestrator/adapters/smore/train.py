@@ -1,0 +1,225 @@
+"""`orchestrate smore train`: fine-tune an S'MoRE adapter of a frozen base model.
+
+Only the adapter (experts, carries, final projection, routers) trains, on next-token loss over
+the answer tokens plus the routers' balance losses (each already weighted by rho). Examples come
+from benchmark files exactly as `orchestrate lora train` reads them. OUT is written atomically:
+adapter.safetensors, smore_config.json, training.json (settings, losses, usage per level),
+loss.png and README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ...errors import UserError
+from ..data import load_examples
+from ..lora_moe.train import GateSettings
+from ..train import (
+    _batches,
+    _collate,
+    _load_base,
+    _replace,
+    _tokenize_all,
+    answer_loss,
+    check_out,
+    learning_rate_factor,
+    readme_footer,
+    save_loss_plot,
+)
+from .config import SmoreConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SmoreSettings(GateSettings):
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class SmoreResult:
+    out: Path
+    losses: list[float]  # answer-token loss per step (without the balance term)
+    aux_losses: list[float]
+    usage: dict[str, list[list[float]]]  # module -> per level, share per expert (last window)
+    usage_log: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    n_examples: int = 0
+    n_too_long: int = 0
+    n_params: int = 0
+
+
+StepCallback = Callable[[int, float, float], None]
+
+
+def train_smore(
+    base: str, data: str | Path | Sequence[str | Path], out: str | Path,
+    config: SmoreConfig | None = None, settings: SmoreSettings | None = None, *,
+    fmt: str = "auto", exclude: Sequence[str | Path] = (), limit: int | None = None,
+    force: bool = False, command: str | None = None,
+    on_start: Callable[[int], None] | None = None, on_step: StepCallback | None = None,
+    on_usage: Callable[[int, dict], None] | None = None,
+) -> SmoreResult:
+    """Train an S'MoRE adapter of `base` on `data` and write it to `out`; `config` holds its
+    shape (its base_model is replaced by `base`). Inputs are checked before any model loads."""
+    from ...modelref import local_folder, resolve
+
+    settings = settings or SmoreSettings()
+    settings.validate()
+    out = Path(out)
+    check_out(out, force)
+    config = SmoreConfig.model_validate({**(config.model_dump() if config else {}),
+                                         "base_model": base})
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    ref = resolve(base)
+    examples, _ = load_examples(data, config.system_prompt, fmt, exclude, limit)
+
+    import torch
+
+    from ...backends.base import BackendContext
+    from .model import SmoreModel
+
+    torch.set_num_threads(settings.threads or BackendContext().torch_threads())
+    model, tokenizer = _load_base(local_folder(ref), settings.dtype, base)
+    tokenized, n_too_long = _tokenize_all(tokenizer, examples, settings.max_length)
+    smore = SmoreModel(model, config, seed=settings.seed)
+    result = SmoreResult(out, [], [], {}, n_examples=len(tokenized), n_too_long=n_too_long,
+                         n_params=sum(p.numel() for p in smore.adapter_parameters().values()))
+    if on_start is not None:
+        on_start(settings.steps)
+    start = time.perf_counter()
+    run_steps(smore, tokenizer, tokenized, settings, result, on_step, on_usage)
+    result.train_seconds = time.perf_counter() - start
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        smore.save(tmp)
+        record = _record(config, data, settings, result, command)
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        save_loss_plot(result.losses, tmp / "loss.png", title=f"{out.name}: S'MoRE "
+                       f"s={config.experts} f={config.fan_out} r={config.rank}, {config.gate}")
+        (tmp / "README.md").write_text(readme(out.name, record), encoding="utf-8")
+        _replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"Writing the S'MoRE adapter to '{out}' failed: {err}. Check that the "
+                        "folder is writable.") from err
+    return result
+
+
+def run_steps(smore, tokenizer, data, settings: SmoreSettings, result: SmoreResult,
+              on_step: StepCallback | None = None, on_usage=None) -> None:
+    """AdamW over the adapter parameters (warmup, cosine), clipped at norm 1."""
+    import torch
+
+    params = smore.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    schedule_of = settings.schedule()
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: learning_rate_factor(s, schedule_of))
+    batches = _batches(len(data), settings.batch_size, settings.seed)
+    generator = torch.random.get_rng_state()
+    torch.manual_seed(settings.seed)  # the noisy gate's noise
+    smore.train()
+    smore.context.collect_aux = smore.context.usage = True
+    smore.reset_usage()
+    try:
+        for step in range(1, settings.steps + 1):
+            batch = _collate([data[i] for i in next(batches)], tokenizer.pad_token_id)
+            smore.context.mask = batch["attention_mask"].flatten().bool()
+            loss = answer_loss(smore, batch)  # mean cross-entropy over answer tokens
+            aux = smore.aux_loss()
+            (loss + aux).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(float(loss.detach()))
+            result.aux_losses.append(float(aux.detach()))
+            if on_step is not None:
+                on_step(step, result.losses[-1], result.aux_losses[-1])
+            if step % settings.log_every == 0 or step == settings.steps:
+                result.usage = smore.usage_shares()
+                result.usage_log.append({"step": step, "usage": level_means(result.usage)})
+                if on_usage is not None:
+                    on_usage(step, result.usage)
+                log.info("step %d: loss %.3f, balance %.4f", step, result.losses[-1],
+                         result.aux_losses[-1])
+                smore.reset_usage()
+    finally:
+        smore.context.collect_aux = smore.context.usage = False
+        smore.context.mask = None
+        torch.random.set_rng_state(generator)
+        smore.eval()
+
+
+def level_means(usage: dict[str, list[list[float]]]) -> list[list[float]]:
+    """Per level, each expert's share averaged over the adapted modules."""
+    rows = list(usage.values())
+    if not rows:
+        return []
+    return [[round(sum(r[lv][e] for r in rows) / len(rows), 4) for e in range(len(rows[0][lv]))]
+            for lv in range(len(rows[0]))]
+
+
+def _record(config: SmoreConfig, data, settings, result: SmoreResult, command) -> dict:
+    k = max(1, min(10, len(result.losses) // 4))
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {
+        "config": config.model_dump(), "system_prompt": config.system_prompt,
+        "data": [str(d) for d in data], "settings": asdict(settings),
+        "examples": result.n_examples, "dropped_too_long": result.n_too_long,
+        "trainable_parameters": result.n_params,
+        "train_seconds": round(result.train_seconds, 1),
+        "loss_first": round(mean(result.losses[:k]), 4),
+        "loss_last": round(mean(result.losses[-k:]), 4),
+        "losses": [round(x, 4) for x in result.losses],
+        "balance_losses": [round(x, 5) for x in result.aux_losses],
+        "usage_log": result.usage_log, "command": command,
+    }
+
+
+def readme(name: str, record: dict) -> str:
+    c, s = record["config"], record["settings"]
+    usage = record["usage_log"][-1]["usage"] if record["usage_log"] else []
+    shown = "; ".join(f"level {lv}: " + ", ".join(f"{x:.0%}" for x in shares)
+                      for lv, shares in enumerate(usage))
+    layers = "all layers" if c["last_layers"] is None else f"top {c['last_layers']} layers"
+    lines = [
+        f"# {name}",
+        "",
+        f"An S'MoRE adapter (structural mixture of residual experts) of `{c['base_model']}`, "
+        "trained with `orchestrate smore train` (base frozen; experts and routers trained).",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| levels (bottom first) | experts {c['experts']}, fan-out {c['fan_out']}, rank "
+        f"{c['rank']} |",
+        f"| gate / activation / init | {c['gate']} / {c['activation']} / {c['init']}, router "
+        f"d_down {c['router_dim']}, k {c['key_dim']}, balance {c['balance']} |",
+        f"| modules | {', '.join(c['target_modules'])} ({layers}); "
+        f"{record['trainable_parameters']:,} trainable parameters |",
+        f"| data | {', '.join(f'`{d}`' for d in record['data'])}: {record['examples']} examples |",
+        f"| steps x batch | {s['steps']} x {s['batch_size']}, lr {s['learning_rate']} |",
+        f"| seed | {s['seed']} |",
+        f"| training time | {record['train_seconds']:.0f} s |",
+        f"| loss | {record['loss_first']:.3f} (first steps) -> {record['loss_last']:.3f} (last "
+        "steps) |",
+        f"| expert usage per level (mean over modules, last steps) | {shown} |",
+    ]
+    return "\n".join(lines + readme_footer(
+        "System prompt the adapter was trained under (give the pool expert the same one):",
+        c["system_prompt"], record["command"]))
