@@ -176,8 +176,24 @@ def method_record(result: RunResult, evaluation: dict[str, Any] | None) -> dict[
             f"expert {best['expert']} ({100 * best['accuracy']:.1f}%) on the same "
             f"{evaluation['n']} questions"
             + (f" (difference {100 * diff['difference']:+.1f} points, 95% interval "
-               f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}])" if ci else ""))
+               f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+               + (", within chance" if ci[0] <= 0 <= ci[1] else "") + ")" if ci else "")
+            + _why(record, best["expert"]))
     return record
+
+
+def _why(method: dict[str, Any], best_here: str) -> str:
+    """Why the method ran anyway: what validation said (when it had a table)."""
+    val = method.get("validation") or {}
+    single, chosen = val.get("best_single"), next(
+        (r for r in val.get("table") or [] if r["method"] == method.get("method")), None)
+    if not single or not chosen:
+        return ""
+    expert = single["method"].partition(":")[2]
+    return (f"; on the {val['n']} validation questions {method['method']} scored "
+            f"{100 * chosen['accuracy']:.1f}% and the best single expert was {expert} "
+            f"({100 * single['accuracy']:.1f}%)"
+            + (f", not {best_here}" if expert != best_here else ""))
 
 
 def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:

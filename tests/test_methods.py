@@ -104,6 +104,9 @@ def test_a_named_aggregator_wins_over_the_evidence_and_is_warned_about(world):
     assert "would use first" in validation
     assert run.startswith("this run's accuracy 0.0% is below the single best expert mathy "
                           "(50.0%) on the same 8 questions (difference -50.0 points")
+    # why it ran anyway: what validation said about it
+    assert run.endswith("; on the 8 validation questions fuse:agg-bad scored 0.0% and the best "
+                        "single expert was mathy (50.0%)")
     warns = [line for line in summary_lines(summary, "out") if line.startswith("WARN")]
     assert len(warns) == 2
     report = "\n".join(method_section(method))
