@@ -22,7 +22,7 @@ def run(
     k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
     router: Annotated[Optional[str], typer.Option(help="Router: fixed, random, topk, knn, symbolic-moe.")] = None,
     experts: Annotated[Optional[str], typer.Option(help="Comma-separated expert ids for the router.")] = None,
-    aggregator: Annotated[Optional[str], typer.Option(help="Aggregator: vote, fuse, first.")] = None,
+    aggregator: Annotated[Optional[str], typer.Option(help="Aggregator: auto (the method validation found best, from the profile; else vote), vote, fuse, first.")] = None,
     aggregator_expert: Annotated[Optional[str], typer.Option(help="fuse: the expert that aggregates.")] = None,
     early_exit: Annotated[Optional[bool], typer.Option(help="Skip the aggregator when all experts agree.")] = None,
     escalation: Annotated[Optional[str], typer.Option(help="Call experts in rounds, only where the answer is not decided yet: lossless (default: the answers of calling all k), confident (stop at --agreement), none.")] = None,
