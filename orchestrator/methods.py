@@ -41,6 +41,8 @@ class MethodChoice:
         """`config` with the settings the method stands for (named methods change nothing)."""
         if self.source == "named":
             return config
+        if self.source == "default":  # no evidence: the vote as configured (weighting: auto)
+            return config.model_copy(update={"aggregator": "vote"})
         kind, _, expert = self.method.partition(":")
         update: dict[str, Any] = {"aggregator": "vote" if kind == "vote-plain" else kind}
         if kind == "single":

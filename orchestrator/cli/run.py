@@ -38,6 +38,7 @@ def run(
     adaptive_k: Annotated[Optional[bool], typer.Option(help="Send a query to its leading expert alone when that one is confidently good.")] = None,
     max_experts: Annotated[Optional[int], typer.Option(help="Load-aware: at most this many distinct experts for the whole batch.")] = None,
     neighbors: Annotated[Optional[int], typer.Option(help="knn router: validation neighbours per query.")] = None,
+    k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help="ensemble router: --k is a cap and each question takes the ensemble size whose vote did best on validation.")] = None,
     baselines: Annotated[Optional[bool], typer.Option(help="Also score every expert on every question (default: on for replay/fake pools).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
@@ -70,7 +71,7 @@ def run(
 def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit, k, router,
                 experts, aggregator, aggregator_expert, early_exit, escalation, no_escalation,
                 agreement, executor, batch_size, max_tokens, seed, threads, profile, annotator,
-                adaptive_k, max_experts, neighbors, baselines, fmt, dry_run, progress, store,
+                adaptive_k, max_experts, neighbors, k_by_evidence, baselines, fmt, dry_run, progress, store,
                 no_store) -> None:
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
@@ -100,7 +101,8 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
                      executor=executor, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
                      threads=threads, annotator=annotator,
                      profile=str(profile) if profile else None,
-                     routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors),
+                     routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors,
+                                  k_by_evidence=k_by_evidence),
                      aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit),
                      escalation=dict(mode="none" if no_escalation else escalation,
                                      agreement=agreement))
