@@ -85,6 +85,7 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
         INTERRUPTED_EXIT,
         RUN_FILE,
         ctrl_c,
+        made_progress,
         open_store,
         stored_of_planned,
         write_state,
@@ -141,6 +142,12 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
                                                              result.answers)
                 check_answered(result)
             except typer.Exit:  # interrupted: run.json tells --resume what to do
+                raise
+            except KeyboardInterrupt:  # stopped at once (a second Ctrl-C, or nothing done yet)
+                if made_progress(orch):
+                    write_state(out_dir, "interrupted", options, db)
+                else:
+                    (out_dir / RUN_FILE).unlink(missing_ok=True)
                 raise
             except Exception:  # a failed run leaves nothing (the store keeps what finished)
                 (out_dir / RUN_FILE).unlink(missing_ok=True)

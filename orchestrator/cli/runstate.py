@@ -3,7 +3,8 @@
 options, the store, the state: running | interrupted | complete), and Ctrl-C: the first one
 stops after the batches running now (everything finished is already in the store), says how
 many of the planned generations are stored and how to resume, and exits 130; a second one
-stops at once. An interrupted run writes no results.jsonl, so nothing looks complete."""
+stops at once, and so does a first one while nothing is in the store for this run yet (a model
+still loading, or no store: there is nothing to keep). An interrupted run writes no results.jsonl, so nothing looks complete."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class CtrlC:
         self._previous = None
 
     def _handle(self, signum, frame) -> None:
-        if self.fired:
+        if self.fired or not made_progress(self.orch):  # nothing finished yet: nothing to keep
             raise KeyboardInterrupt
         self.fired = True
         from .common import err
@@ -92,6 +93,13 @@ class CtrlC:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def made_progress(orch) -> bool:
+    """Whether this run has anything in the store to resume from: a batch it committed, or
+    answers it found there (without a store a stopped run keeps nothing)."""
+    executor = orch.executor
+    return bool(getattr(executor, "written", 0) or getattr(executor, "hits", 0))
 
 
 @contextlib.contextmanager
