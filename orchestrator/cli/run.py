@@ -120,8 +120,8 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
                       + (f", store {db.path}" if db is not None else ""), markup=False)
             for stale in ("results.jsonl", "summary.json"):  # never mistaken for this run's
                 (out_dir / stale).unlink(missing_ok=True)
-            write_state(out_dir, "running", options, db)
             try:
+                write_state(out_dir, "running", options, db)
                 with ctrl_c(orch) as guard:
                     result = orch.evaluate(queries)
                 if guard.fired:
