@@ -141,3 +141,24 @@ def test_resume_of_a_folder_that_is_no_run_is_one_line(tmp_path):
                           text=True)
     assert done.returncode == 2 and "holds no run.json" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_the_first_model_loads_keeps_nothing(tmp_path, fake_pool, sample_jsonl):
+    """Nothing of the run is in the store yet: Ctrl-C stops at once, and the folder it made
+    (with its run.json) is removed: nothing looks like a run."""
+    pool = fake_pool(1, options={"e0": {"load_s": 60}})
+    out, store = tmp_path / "new" / "run", tmp_path / "s.sqlite"
+    cmd = [sys.executable, "-c", "from orchestrator.cli.main import main; main()", "run",
+           str(sample_jsonl(choice_rows(4))), "--pool", str(pool), "--out", str(out),
+           "--store", str(store), "--router", "fixed", "--k", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "run.json").exists():  # the model is loading now
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted; nothing was written."
+    assert not (tmp_path / "new").exists()

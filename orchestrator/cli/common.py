@@ -58,7 +58,8 @@ def written_so_far() -> str:
     """What this process wrote completely before the interrupt (orchestrator.outputs.WRITTEN),
     so an interrupt while plotting never claims that nothing was written."""
     outputs = sys.modules.get("orchestrator.outputs")
-    written = list(dict.fromkeys(getattr(outputs, "WRITTEN", [])))
+    written = [p for p in dict.fromkeys(getattr(outputs, "WRITTEN", []))
+               if p.exists()]  # a file removed since (a failed run's run.json) was not kept
     if not written:
         return "nothing was written."
     folder = Path(os.path.commonpath([str(p.parent) for p in written]))
