@@ -129,7 +129,7 @@ class GenerationStore(RequestLogs):
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 ensure_readable(conn, path)
                 return conn
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), busy_s)
             conn.execute("PRAGMA synchronous = NORMAL")
             # fewer checkpoints (the only fsyncs under NORMAL): one per ~40 MB of WAL
             conn.execute("PRAGMA wal_autocheckpoint = 10000")
@@ -330,6 +330,21 @@ class GenerationStore(RequestLogs):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as err:
                 raise translate(err, self.path, "vacuuming") from None
+
+
+def _retry_busy(step, busy_s: float):
+    """Run `step`, retrying while SQLite says the file is locked or busy, for up to `busy_s`.
+    Switching a new file to WAL takes an exclusive lock and does not wait through the busy
+    handler: two processes opening one new store at once would otherwise fail at once."""
+    deadline = time.monotonic() + busy_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _readable(conn: sqlite3.Connection, uri: str, busy_s: float) -> sqlite3.Connection:
