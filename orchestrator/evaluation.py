@@ -10,7 +10,7 @@ import numpy as np
 
 from .aggregation.vote import majority
 from .benchmarks.extract import is_correct
-from .benchmarks.intervals import paired_bootstrap, wilson
+from .benchmarks.intervals import paired_bootstrap, wilson_bounds
 from .generation import Generation, every_expert
 from .types import Answer, Query
 
@@ -46,7 +46,7 @@ def baselines(generation: Generation, queries: Sequence[Query], routed: Sequence
     return {
         "n": len(scored),
         "routed": round(float(routed_ok.mean()), 4),
-        "routed_ci": _ci(int(routed_ok.sum()), len(routed_ok)),
+        "routed_ci": wilson_bounds(int(routed_ok.sum()), len(routed_ok)),
         **refs,
         # routed minus the best single expert on the same questions, 95% paired bootstrap
         "routed_vs_best_single": {"difference": round(diff.estimate, 4),
@@ -54,11 +54,6 @@ def baselines(generation: Generation, queries: Sequence[Query], routed: Sequence
                                   "method": diff.method},
         "per_domain": per_domain([q.domain for q in scored_queries], routed_ok, correct, best),
     }
-
-
-def _ci(successes: int, n: int) -> list[float]:
-    ci = wilson(successes, n)
-    return [round(ci.low, 4), round(ci.high, 4)]
 
 
 def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: np.ndarray,
@@ -73,7 +68,7 @@ def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: 
     n = len(queries)
     return {
         "best_single": {"expert": experts[best], "accuracy": round(float(per_expert[best]), 4),
-                        "ci": _ci(int(correct[:, best].sum()), n)},
+                        "ci": wilson_bounds(int(correct[:, best].sum()), n)},
         "random_single": round(float(per_expert.mean()), 4),
         "majority_all": round(float(vote_acc), 4),
         "oracle": round(float(correct.any(axis=1).mean()), 4),
@@ -92,7 +87,7 @@ def per_domain(domains: Sequence[str | None], routed: np.ndarray, correct: np.nd
         table[name] = {
             "n": int(rows.sum()),
             "routed": round(float(routed[rows].mean()), 4),
-            "routed_ci": _ci(int(routed[rows].sum()), int(rows.sum())),
+            "routed_ci": wilson_bounds(int(routed[rows].sum()), int(rows.sum())),
             "best_single": round(float(correct[rows, best].mean()), 4),
             "oracle": round(float(correct[rows].any(axis=1).mean()), 4),
         }

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .accounting import cost_record, pool_prices, run_stages
+from .benchmarks.intervals import wilson_bounds
 from .core import RunResult
 from .types import Answer
 
@@ -133,16 +134,6 @@ def escalation_record(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _ci(successes: int, n: int) -> list[float] | None:
-    """The 95% Wilson interval [low, high] of an accuracy (None without scored questions)."""
-    if not n:
-        return None
-    from .benchmarks.intervals import wilson
-
-    ci = wilson(successes, n)
-    return [round(ci.low, 4), round(ci.high, 4)]
-
-
 def k_record(result: RunResult) -> dict[str, Any]:
     """How many experts the router chose per question (with k by evidence, k is a cap): the
     mean, the distribution, and the mean per skill."""
@@ -205,7 +196,7 @@ def summary_record(result: RunResult, extra: dict[str, Any] | None = None) -> di
         "n_scored": len(result.scored),
         "correct": sum(bool(a.correct) for a in result.answers),
         "accuracy": None if acc is None else round(acc, 4),
-        "accuracy_ci": _ci(sum(bool(a.correct) for a in result.scored), len(result.scored)),
+        "accuracy_ci": wilson_bounds(sum(bool(a.correct) for a in result.scored), len(result.scored)),
         "k": result.k,
         "mean_k": round(result.mean_k, 3),
         "distinct_experts": result.distinct_experts,

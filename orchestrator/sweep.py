@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .accounting import cost_record, pool_prices
-from .benchmarks.intervals import wilson
+from .benchmarks.intervals import wilson_bounds
 from .config import PoolConfig, RunConfig
 from .errors import RoutingError, UserError
 from .outputs import atomic_save_figure, atomic_write_text, check_answered, write_run
@@ -119,12 +119,11 @@ def sweep_row(result, mode: str, generated: int, prices: dict[str, Any]) -> dict
     aggregator's generations included), tokens, money when the manifest prices every expert."""
     cost = cost_record(result.answers, prices)
     acc, n = result.accuracy, len(result.scored)
-    ci = wilson(sum(bool(a.correct) for a in result.scored), n) if n else None
     return {
         "k": result.k,
         "escalation": mode,
         "accuracy": None if acc is None else round(acc, 4),
-        "accuracy_ci": None if ci is None else [round(ci.low, 4), round(ci.high, 4)],
+        "accuracy_ci": wilson_bounds(sum(bool(a.correct) for a in result.scored), n),
         "calls": cost["calls"],
         "calls_per_question": cost["calls_per_question"],
         "generated": generated,

@@ -48,6 +48,15 @@ def wilson(successes: int, n: int, z: float = Z95) -> Interval:
     return Interval(p, low, high, level, "wilson")
 
 
+def wilson_bounds(successes: int, n: int) -> list[float] | None:
+    """[low, high] of the 95% Wilson interval, rounded to 4 places as summaries store them;
+    None without a scored question."""
+    if not n:
+        return None
+    ci = wilson(successes, n)
+    return [round(ci.low, 4), round(ci.high, 4)]
+
+
 def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], resamples: int = 10_000, seed: int = 0,
                      level: float = 0.95) -> Interval:
     """Percentile interval of mean(a) - mean(b) when a[i] and b[i] mark the same question.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..benchmarks.intervals import wilson
+from ..benchmarks.intervals import wilson_bounds
 from ..config import PoolConfig, RunConfig
 from ..generation import Generation
 from ..routing.base import QueryFeatures
@@ -48,10 +48,8 @@ class MethodOptions:
 
 def row(method: str, marks: Sequence[bool]) -> dict:
     n, correct = len(marks), int(sum(bool(m) for m in marks))
-    ci = wilson(correct, n) if n else None
     return {"method": method, "n": n, "correct": correct,
-            "accuracy": round(correct / n, 4) if n else None,
-            "ci": [round(ci.low, 4), round(ci.high, 4)] if ci else None}
+            "accuracy": round(correct / n, 4) if n else None, "ci": wilson_bounds(correct, n)}
 
 
 def fusers_for(pool: PoolConfig, config: RunConfig, candidates: Sequence[str] | None

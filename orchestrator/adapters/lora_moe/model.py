@@ -192,6 +192,19 @@ class LoraMoeModel(nn.Module):
         return torch.stack(losses).mean()
 
     @contextlib.contextmanager
+    def training_session(self, seed: int = 0) -> Iterator[None]:
+        """Training mode with usage counting (`adapters/steps.py`); eval mode afterwards."""
+        self.train()
+        self.context.usage = True
+        self.reset_usage()
+        try:
+            yield
+        finally:
+            self.context.usage = False
+            self.context.mask = None
+            self.eval()
+
+    @contextlib.contextmanager
     def recording(self, choices: bool = True) -> Iterator[None]:
         """Count each layer's token slots per choice (`layer.usage`) inside the block and, with
         `choices`, keep every forward's choices (`layer.records`)."""

@@ -10,7 +10,6 @@ OUT), training.json (settings, losses, expert usage per layer), loss.png and REA
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -20,22 +19,17 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..data import load_examples
+from ..steps import StepCallback, routed_steps
 from ..train import (
     TrainSettings,
-    _batches,
-    _collate,
     _load_base,
     _replace,
     _tokenize_all,
-    answer_loss,
     check_out,
-    learning_rate_factor,
     readme_footer,
     save_loss_plot,
 )
 from .config import LoraMoeConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,9 +66,6 @@ class GateResult:
     train_seconds: float = 0.0
     n_examples: int = 0
     n_too_long: int = 0
-
-
-StepCallback = Callable[[int, float, float], None]
 
 
 def train_gate(
@@ -120,7 +111,9 @@ def train_gate(
     if on_start is not None:
         on_start(settings.steps)
     start = time.perf_counter()
-    _loop(mixture, tokenizer, tokenized, settings, result, on_step, on_usage)
+    routed_steps(mixture, mixture.gate_parameters(), tokenizer, tokenized, settings, result,
+                 aux_weight=mixture.config.aux_loss_coef, summarize=_rounded, on_step=on_step,
+                 on_usage=on_usage)
     result.train_seconds = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,49 +135,6 @@ def train_gate(
         raise UserError(f"Writing the LoRA-MoE gate to '{out}' failed: {err}. Check that the "
                         "folder is writable.") from err
     return result
-
-
-def _loop(mixture, tokenizer, data, settings: GateSettings, result: GateResult,
-          on_step: StepCallback | None, on_usage) -> None:
-    import torch
-
-    params = mixture.gate_parameters()
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    schedule_of = settings.schedule()
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: learning_rate_factor(s, schedule_of))
-    batches = _batches(len(data), settings.batch_size, settings.seed)
-    coef = mixture.config.aux_loss_coef
-    mixture.train()
-    mixture.context.usage = True
-    mixture.reset_usage()
-    try:
-        for step in range(1, settings.steps + 1):
-            batch = _collate([data[i] for i in next(batches)], tokenizer.pad_token_id)
-            mixture.context.mask = batch["attention_mask"].flatten().bool()
-            loss = answer_loss(mixture, batch)  # mean cross-entropy over answer tokens
-            aux = mixture.aux_loss()
-            (loss + coef * aux).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(float(loss.detach()))
-            result.aux_losses.append(float(aux.detach()))
-            if on_step is not None:
-                on_step(step, result.losses[-1], result.aux_losses[-1])
-            if step % settings.log_every == 0 or step == settings.steps:
-                result.usage = mixture.usage_shares()
-                result.usage_log.append({"step": step, "usage": _rounded(result.usage)})
-                if on_usage is not None:
-                    on_usage(step, result.usage)
-                log.info("step %d: loss %.3f, balance %.3f", step, result.losses[-1],
-                         result.aux_losses[-1])
-                mixture.reset_usage()
-    finally:
-        mixture.context.usage = False
-        mixture.context.mask = None
-        mixture.eval()
 
 
 def _rounded(usage: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -122,6 +122,23 @@ class SmoreModel(nn.Module):
         return torch.stack(losses).sum() if losses else torch.zeros(())
 
     @contextlib.contextmanager
+    def training_session(self, seed: int = 0) -> Iterator[None]:
+        """Training mode with balance losses and usage counting (`adapters/steps.py`); the
+        noisy gate's noise seeded by `seed`, the caller's RNG state restored afterwards."""
+        generator = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.train()
+        self.context.collect_aux = self.context.usage = True
+        self.reset_usage()
+        try:
+            yield
+        finally:
+            self.context.collect_aux = self.context.usage = False
+            self.context.mask = None
+            torch.random.set_rng_state(generator)
+            self.eval()
+
+    @contextlib.contextmanager
     def recording(self, routes: bool = True) -> Iterator[None]:
         """Count selections per expert per level (`layer.usage`) inside the block and, with
         `routes`, keep every forward's routing (`layer.records`)."""

@@ -10,7 +10,6 @@ loss.png and README.md.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -21,21 +20,16 @@ from pathlib import Path
 from ...errors import UserError
 from ..data import load_examples
 from ..lora_moe.train import GateSettings
+from ..steps import StepCallback, routed_steps
 from ..train import (
-    _batches,
-    _collate,
     _load_base,
     _replace,
     _tokenize_all,
-    answer_loss,
     check_out,
-    learning_rate_factor,
     readme_footer,
     save_loss_plot,
 )
 from .config import SmoreConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,9 +48,6 @@ class SmoreResult:
     n_examples: int = 0
     n_too_long: int = 0
     n_params: int = 0
-
-
-StepCallback = Callable[[int, float, float], None]
 
 
 def train_smore(
@@ -95,7 +86,8 @@ def train_smore(
     if on_start is not None:
         on_start(settings.steps)
     start = time.perf_counter()
-    run_steps(smore, tokenizer, tokenized, settings, result, on_step, on_usage)
+    routed_steps(smore, smore.trainable_parameters(), tokenizer, tokenized, settings, result,
+                 summarize=level_means, on_step=on_step, on_usage=on_usage)
     result.train_seconds = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,52 +107,6 @@ def train_smore(
         raise UserError(f"Writing the S'MoRE adapter to '{out}' failed: {err}. Check that the "
                         "folder is writable.") from err
     return result
-
-
-def run_steps(smore, tokenizer, data, settings: SmoreSettings, result: SmoreResult,
-              on_step: StepCallback | None = None, on_usage=None) -> None:
-    """AdamW over the adapter parameters (warmup, cosine), clipped at norm 1."""
-    import torch
-
-    params = smore.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    schedule_of = settings.schedule()
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: learning_rate_factor(s, schedule_of))
-    batches = _batches(len(data), settings.batch_size, settings.seed)
-    generator = torch.random.get_rng_state()
-    torch.manual_seed(settings.seed)  # the noisy gate's noise
-    smore.train()
-    smore.context.collect_aux = smore.context.usage = True
-    smore.reset_usage()
-    try:
-        for step in range(1, settings.steps + 1):
-            batch = _collate([data[i] for i in next(batches)], tokenizer.pad_token_id)
-            smore.context.mask = batch["attention_mask"].flatten().bool()
-            loss = answer_loss(smore, batch)  # mean cross-entropy over answer tokens
-            aux = smore.aux_loss()
-            (loss + aux).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(float(loss.detach()))
-            result.aux_losses.append(float(aux.detach()))
-            if on_step is not None:
-                on_step(step, result.losses[-1], result.aux_losses[-1])
-            if step % settings.log_every == 0 or step == settings.steps:
-                result.usage = smore.usage_shares()
-                result.usage_log.append({"step": step, "usage": level_means(result.usage)})
-                if on_usage is not None:
-                    on_usage(step, result.usage)
-                log.info("step %d: loss %.3f, balance %.4f", step, result.losses[-1],
-                         result.aux_losses[-1])
-                smore.reset_usage()
-    finally:
-        smore.context.collect_aux = smore.context.usage = False
-        smore.context.mask = None
-        torch.random.set_rng_state(generator)
-        smore.eval()
 
 
 def level_means(usage: dict[str, list[list[float]]]) -> list[list[float]]:
