@@ -152,8 +152,12 @@ class RoutingOptions(StrictModel):
     max_experts: int | None = Field(default=None, ge=1, description="load-aware: distinct experts")
     candidates: int = Field(default=8, ge=1, description="ensemble: experts its tuples draw from")
     ensemble_shrinkage: float = Field(default=100.0, ge=0, description="ensemble: prior weight")
-    k_by_evidence: bool = Field(default=False, description="ensemble: k is a cap; each query "
-                                "takes the size (1..k) whose vote did best on validation")
+    k_by_evidence: bool = Field(default=True, description="profile routers: k is a cap; each "
+                                "query takes the size (1..k) whose vote did best on validation "
+                                "for its skills (false: exactly k)")
+    evidence_shrinkage: float | None = Field(
+        default=None, ge=0, description="k by evidence: prior weight of the pool-wide choice "
+        "when choosing per skill (none: picked by cross-validation on the validation set)")
 
 
 # The router `auto` picks when a profile is given: the best one measured on the replay pools

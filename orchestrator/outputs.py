@@ -135,8 +135,8 @@ def escalation_record(result: RunResult) -> dict[str, Any]:
 
 
 def k_record(result: RunResult) -> dict[str, Any]:
-    """How many experts the router chose per question (with k by evidence, k is a cap): the
-    mean, the distribution, and the mean per skill."""
+    """How many experts the router chose per question (with k by evidence, k is a cap): how
+    (evidence or fixed), the mean, the distribution, and the mean per skill."""
     sizes: dict[str, int] = {}
     per_skill: dict[str, list[int]] = {}
     for a in result.answers:
@@ -144,8 +144,11 @@ def k_record(result: RunResult) -> dict[str, Any]:
         sizes[str(n)] = sizes.get(str(n), 0) + 1
         for skill in a.selection.skills:
             per_skill.setdefault(skill, []).append(n)
+    by_evidence = any(a.selection.evidence.get("k_chosen_by") == "evidence"
+                      for a in result.answers)
     return {
         "cap": result.k,
+        "chosen_by": "evidence" if by_evidence else "fixed",
         "mean": round(result.mean_k, 3),
         "distribution": dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
         "per_skill": {s: round(sum(v) / len(v), 2) for s, v in sorted(per_skill.items())},

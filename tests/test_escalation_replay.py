@@ -38,8 +38,8 @@ def test_lossless_escalation_equals_the_fixed_k_vote_question_by_question(
         profile = orch.build_profile(profile_rows, FieldAnnotator(), orch.embedder,
                                      prior_strength=10)
     path = str(profile.save(tmp_path / "profile.json"))
-    with orchestrator(manifest, router="ensemble", k=k, profile=path,
-                      annotator="field") as orch:
+    with orchestrator(manifest, router="ensemble", k=k, profile=path, annotator="field",
+                      routing={"k_by_evidence": False}) as orch:
         full = orch.evaluate(test_rows, Overrides(escalation="none")).answers
         rounds = orch.evaluate(test_rows, Overrides(escalation="lossless")).answers
     assert [a.selection.experts for a in rounds] == [a.selection.experts for a in full]

@@ -28,8 +28,11 @@ def world(tmp_path):
 
 
 def route(pool, profile, router, k, queries_=NEW, annotator="field", **routing):
+    """Exactly k experts (these tests are about who is chosen) unless a test asks for k by
+    evidence."""
+    routing = {"k_by_evidence": False, **routing}
     with orchestrator(pool, router=router, k=k, profile=profile, annotator=annotator,
-                      routing=routing or None) as orch:
+                      routing=routing) as orch:
         return orch.route(queries_)
 
 
@@ -74,7 +77,7 @@ def direct(pool, profile, router, seed=0, **routing):
     from orchestrator.profiling.profile import Profile
     from orchestrator.registry import ROUTERS
 
-    config = RunConfig(router=router, seed=seed, routing=routing)
+    config = RunConfig(router=router, seed=seed, routing={"k_by_evidence": False, **routing})
     return ROUTERS.get(router)(load_pool(pool), config, profile=Profile.load(profile))
 
 
@@ -161,7 +164,8 @@ def test_ensemble_router_picks_the_best_voting_set_not_the_best_individuals(tmp_
     pool, profile = load_pool(pool_path), clone_world_profile()
     feats = QueryFeatures([("general",)], [(0,)])
     q = [Query("q", "?")]
-    (top,) = TopKRouter(pool, RunConfig(k=3), profile).select(q, 3, feats)
+    (top,) = TopKRouter(pool, RunConfig(k=3, routing={"k_by_evidence": False}), profile
+                        ).select(q, 3, feats)
     assert set(top.experts) == {"a1", "a2", "b"} or set(top.experts) == {"a1", "a2", "c"}
     (ens,) = EnsembleRouter(pool, RunConfig(k=3), profile).select(q, 3, feats)
     assert set(ens.experts) == {"a1", "b", "c"}
@@ -220,5 +224,6 @@ def test_ensemble_chooses_k_by_evidence_up_to_the_cap(tmp_path):
     oracle.correct = oracle.n_correct[:, None]
     (alone,) = EnsembleRouter(pool, config, oracle).select(q, 4, feats)
     assert alone.experts == ("b",)
-    (fixed,) = EnsembleRouter(pool, RunConfig(k=4), oracle).select(q, 4, feats)
+    fixed_k = RunConfig(k=4, routing={"k_by_evidence": False})
+    (fixed,) = EnsembleRouter(pool, fixed_k, oracle).select(q, 4, feats)
     assert len(fixed.experts) == 4

@@ -236,7 +236,8 @@ def test_sweep_with_a_profile_router_on_replay(tmp_path):
         profile = orch.build_profile(queries(), FieldAnnotator(), orch.embedder, prior_strength=10)
     path = str(profile.save(tmp_path / "world-profile.json"))
     qs = queries()
-    cfg = dict(router="topk", profile=path, annotator="field", escalation={"mode": "none"})
+    cfg = dict(router="topk", profile=path, annotator="field", escalation={"mode": "none"},
+               routing={"k_by_evidence": False})
     with orchestrator(pool, k=1, **cfg) as orch:
         rows = run_sweep(orch, qs, [1, 2, 3], tmp_path / "s")
         generated = sum(s.calls for s in orch.totals.experts.values())

@@ -72,7 +72,7 @@ def replay_runs(tmp_path_factory):
         invoke("profile", "--pool", POOL, "--data", data, "--out", tmp / "profile.json",
                "--annotator", "field", "--no-progress")
         invoke("run", bench, "--pool", POOL, "--profile", tmp / "profile.json", "--annotator",
-               "field", "--k", 3, "--aggregator", "vote", "--out", tmp / "routed",
+               "field", "--k", 3, "--fixed-k", "--aggregator", "vote", "--out", tmp / "routed",
                "--no-progress")  # a named vote: every row has 3 experts, some disagreeing
         invoke("run", bench, "--pool", POOL, "--router", "random", "--k", 3, "--seed", 1,
                "--out", tmp / "random", "--no-progress", "--no-escalation")

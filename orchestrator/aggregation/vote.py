@@ -55,6 +55,19 @@ def expert_weight(p: float, n_options: int, mode: str) -> float:
     return max(0.0, math.log(p / (1 - p)) + math.log(max(n_options, 2) - 1))
 
 
+def vote_weights(p, n_options, mode: str):
+    """`expert_weight` over arrays (broadcast): estimated success [..] and option counts."""
+    import numpy as np
+
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-3, 1 - 1e-3)
+    if mode == "none":
+        return np.ones_like(p)
+    if mode == "linear":
+        return p
+    lo = np.log(p / (1 - p)) + np.log(np.maximum(np.asarray(n_options), 2) - 1)
+    return np.maximum(0.0, lo)
+
+
 class VoteAggregator(AggregatorBase):
     name = "vote"
 

@@ -15,6 +15,10 @@ from rich.markup import escape
 
 from ..errors import OrchestratorError
 
+K_BY_EVIDENCE_HELP = ("With a profile router, --k is a cap: each question takes the number of "
+                      "experts (1..k) whose vote did best on validation for its skills (the "
+                      "default); --fixed-k calls exactly k.")
+
 # Rich falls back to 80 columns when not writing to a terminal (CI logs, pipes); tables of
 # numbers read better wider there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

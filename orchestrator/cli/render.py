@@ -24,6 +24,16 @@ def expert_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def k_text(summary: dict[str, Any]) -> str:
+    """k=3, k=3 (mean 2.40) or, chosen by evidence, k<=5 by evidence (mean 4.00: 3 x1, ...)."""
+    chosen = summary.get("k_chosen") or {}
+    if chosen.get("chosen_by") == "evidence":
+        spread = ", ".join(f"{k}: {n}" for k, n in (chosen.get("distribution") or {}).items())
+        return f"k<={summary['k']} by evidence (mean {summary['mean_k']:.2f}; {spread})"
+    return f"k={summary['k']}" + (f" (mean {summary['mean_k']:.2f})"
+                                  if summary["mean_k"] != summary["k"] else "")
+
+
 def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
     acc = summary["accuracy"]
     acc_text = "n/a (no gold answers)" if acc is None else (
@@ -32,8 +42,7 @@ def summary_lines(summary: dict[str, Any], out_dir: str) -> list[str]:
            if (ci := summary.get("accuracy_ci")) else "")
     )
     return [
-        f"accuracy   {acc_text}   [router {summary['router']}, k={summary['k']}"
-        + (f" (mean {summary['mean_k']:.2f})" if summary["mean_k"] != summary["k"] else "")
+        f"accuracy   {acc_text}   [router {summary['router']}, " + k_text(summary)
         + f", {summary['distinct_experts']} experts used, "
         f"aggregator {summary['aggregator']}, executor {summary['executor']}]",
         *([f"aggregate  {', '.join(f'{m} {n}' for m, n in summary['aggregated_by'].items())}"]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, out
+from .common import K_BY_EVIDENCE_HELP, err, handle_errors, out
 
 
 @handle_errors
@@ -19,7 +19,8 @@ def route(
     profile: Annotated[Optional[Path], typer.Option(help="Skill profile JSON.")] = None,
     router: Annotated[Optional[str], typer.Option(help="Router name.")] = None,
     annotator: Annotated[Optional[str], typer.Option(help="embedding, llm or field.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Experts per question (with a profile router: the most, see --fixed-k).")] = None,
+    k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help=K_BY_EVIDENCE_HELP)] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = 10,
     config: Annotated[Optional[Path], typer.Option(help="Run preset.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per question.")] = False,
@@ -31,7 +32,8 @@ def route(
 
     queries = read_benchmark(bench, fmt, limit)
     with Orchestrator.from_files(pool, config, router=router, k=k, annotator=annotator,
-                                 profile=str(profile) if profile else None) as orch:
+                                 profile=str(profile) if profile else None,
+                                 routing=dict(k_by_evidence=k_by_evidence)) as orch:
         start = time.perf_counter()
         selections = orch.route(queries)
         seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
-from .common import err, handle_errors, out, split_ids
+from .common import K_BY_EVIDENCE_HELP, err, handle_errors, out, split_ids
 
 
 @handle_errors
@@ -19,7 +19,7 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder [default: runs/NAME-TIME].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Run preset (configs/*.yaml).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="Experts per question.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Experts per question (with a profile router: the most, see --fixed-k).")] = None,
     router: Annotated[Optional[str], typer.Option(help="Router: fixed, random, topk, knn, symbolic-moe.")] = None,
     experts: Annotated[Optional[str], typer.Option(help="Comma-separated expert ids for the router.")] = None,
     aggregator: Annotated[Optional[str], typer.Option(help="Aggregator: auto (the method validation found best, from the profile; else vote), vote, fuse, first.")] = None,
@@ -38,7 +38,7 @@ def run(
     adaptive_k: Annotated[Optional[bool], typer.Option(help="Send a query to its leading expert alone when that one is confidently good.")] = None,
     max_experts: Annotated[Optional[int], typer.Option(help="Load-aware: at most this many distinct experts for the whole batch.")] = None,
     neighbors: Annotated[Optional[int], typer.Option(help="knn router: validation neighbours per query.")] = None,
-    k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help="ensemble router: --k is a cap and each question takes the ensemble size whose vote did best on validation.")] = None,
+    k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help=K_BY_EVIDENCE_HELP)] = None,
     baselines: Annotated[Optional[bool], typer.Option(help="Also score every expert on every question (default: on for replay/fake pools).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,

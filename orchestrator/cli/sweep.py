@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .common import err, handle_errors, out
+from .common import K_BY_EVIDENCE_HELP, err, handle_errors, out
 
 
 @handle_errors
@@ -26,6 +26,7 @@ def sweep(
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     escalation: Annotated[Optional[str], typer.Option(help="Escalation modes to sweep, comma-separated: lossless,none (default: the preset's, lossless).")] = None,
     no_escalation: Annotated[bool, typer.Option("--no-escalation", help="Call every chosen expert.")] = False,
+    k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help=K_BY_EVIDENCE_HELP + " In a sweep each k is then a cap.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per expert.")] = True,
     store: Annotated[Optional[Path], typer.Option(help="Generation store to reuse and write [default: the per-user store].")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Neither read nor write a generation store.")] = False,
@@ -46,7 +47,8 @@ def sweep(
     pool_config = load_pool(pool)
     run_config = load_config(config).with_overrides(
         k=max(ks), router=router, profile=str(profile) if profile else None,
-        escalation=dict(mode=modes[0] if modes else None))
+        escalation=dict(mode=modes[0] if modes else None),
+        routing=dict(k_by_evidence=k_by_evidence))
     check_ks(ks, pool_config, run_config)  # every k, before anything runs
     with claim_output(out_dir):  # checked, created and locked before any model loads
         from .runstate import open_store

@@ -45,6 +45,7 @@ class Profile:
     val_answers: np.ndarray | None = None  # [N, E] int16: 0 none, 1 the gold, 2+ other answers
     prior_strength: float = 10.0
     meta: dict[str, Any] = field(default_factory=dict)
+    val_options: np.ndarray | None = None  # [N] options per question (0: none); older: absent
 
     # -- derived numbers (cheap, computed on demand) ---------------------------------------
 
@@ -81,7 +82,7 @@ class Profile:
             self.correct[idx], self.n[idx], self.n_correct[idx], self.skill_emb, self.val_ids,
             self.val_emb, self.val_correct[:, idx], self.val_skills,
             None if self.val_answers is None else self.val_answers[:, idx], self.prior_strength,
-            self.meta,
+            self.meta, self.val_options,
         )
 
     # -- storage ---------------------------------------------------------------------------
@@ -138,6 +139,8 @@ class Profile:
                 val_skill_indptr=indptr, val_skill_indices=indices,
                 **({} if self.val_answers is None
                    else {"val_answers": self.val_answers.astype(np.int16)}),
+                **({} if self.val_options is None
+                   else {"val_options": self.val_options.astype(np.int16)}),
             )
             tmp.replace(arrays)
             atomic_write_text(path, json.dumps(self.to_json(arrays.name), indent=1) + "\n")
@@ -194,4 +197,5 @@ class Profile:
             val_correct=a["val_correct"].astype(bool), val_skills=val_skills,
             val_answers=a["val_answers"].astype(np.int16) if "val_answers" in a else None,
             prior_strength=float(doc.get("prior_strength", 10.0)), meta=doc.get("meta", {}),
+            val_options=a["val_options"].astype(np.int16) if "val_options" in a else None,
         )

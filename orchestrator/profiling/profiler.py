@@ -87,7 +87,7 @@ def build_profile(generation: Generation, pool: str, queries: Sequence[Query], a
         skill_emb=embedder.encode(skills), val_ids=[q.id for q in queries],
         val_emb=embedder.encode([q.question for q in queries]), val_correct=correct,
         val_skills=val_skills, val_answers=codes, prior_strength=prior_strength,
-        meta=meta,
+        meta=meta, val_options=np.array([len(q.options) for q in queries], dtype=np.int16),
     )
     if methods is not None:
         start = time.perf_counter()

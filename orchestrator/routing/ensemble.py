@@ -13,6 +13,10 @@ has none). With few validation questions per skill, or skills that do not separa
 this falls back to the single best ensemble; with specialists (math vs law experts) it routes
 per skill. The vote rule matches the `vote` aggregator: most votes, ties to the earliest expert,
 no-answers do not vote. Needs a profile with per-question answers (version 2).
+
+With k by evidence (the default) k is a cap: the candidates of every size 1..k are scored side
+by side and the prior weight is `routing.evidence_shrinkage`, by default chosen by
+cross-validation (`sizing`); with `--fixed-k`, the candidates have k experts.
 """
 
 from __future__ import annotations
@@ -28,13 +32,9 @@ from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
 from .policy import choose_subset, confident
+from .sizing import EvidenceTable, evidence_table
 
 MAX_CANDIDATES = 2000  # ordered tuples scored; beyond it, one order per set (best first)
-# k by evidence picks among the tuples of every size (about 6x more candidates than one k), so
-# a skill's best estimate is more often luck: its prior weight is this many times larger.
-# Replay MMLU-Pro, evidence k vs best fixed k: 1x -0.24 / -0.10 points, 4x +0.00 / -0.14
-# (13 / 28 models; benchmarks/replay_quality.py --cost-only).
-EVIDENCE_SHRINKAGE = 4.0
 
 
 def vote_correct(codes: np.ndarray, tuples: np.ndarray) -> np.ndarray:
@@ -74,10 +74,10 @@ class EnsembleRouter(RouterBase):
         self.graph = RoutingGraph(self.profile)
         opts = config.routing
         self.size, self.shrinkage = opts.candidates, opts.ensemble_shrinkage
-        if opts.k_by_evidence:
-            self.shrinkage *= EVIDENCE_SHRINKAGE
         self.membership = self.graph.membership(self.profile.val_skills)  # [N, S]
+        self._right: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
         self._tables: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
+        self._sized: dict[tuple[int, tuple[int, ...]], tuple[list[np.ndarray], EvidenceTable]] = {}
         k = config.effective_k()
         if 1 <= k <= len(self.graph.experts) and config.routing.max_experts is None:
             every = list(range(len(self.graph.experts)))  # built once, like the graph
@@ -85,27 +85,40 @@ class EnsembleRouter(RouterBase):
 
     def sized(self, cap: int, allowed: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
         """k chosen by evidence: the candidates of every size 1..cap side by side (tuples of
-        different lengths, [S + 1, T1 + ... + Tcap] estimates), a hair lower the larger they
-        are so that a tie goes to the smaller, cheaper ensemble."""
-        parts = [self.table(size, allowed) for size in range(1, cap + 1)]
-        tuples = [row for size_tuples, _ in parts for row in size_tuples]
-        sizes = np.concatenate([np.full(t.shape[0], t.shape[1]) for t, _ in parts])
-        table = np.hstack([tab for _, tab in parts]) - 1e-6 * sizes[None, :]
-        return tuples, table
+        different lengths, [S + 1, T1 + ... + Tcap] estimates, ties to the smaller)."""
+        tuples, table = self.evidence_table(cap, allowed)
+        return tuples, table.table
+
+    def evidence_table(self, cap: int, allowed: Sequence[int]
+                       ) -> tuple[list[np.ndarray], EvidenceTable]:
+        key = (cap, tuple(allowed))
+        if key not in self._sized:
+            parts = [self.candidates(size, allowed) for size in range(1, cap + 1)]
+            tuples = [row for size_tuples, _ in parts for row in size_tuples]
+            sizes = np.concatenate([np.full(t.shape[0], t.shape[1]) for t, _ in parts])
+            right = np.hstack([r for _, r in parts])
+            self._sized[key] = tuples, evidence_table(
+                right, self.membership, sizes, self.config.routing.evidence_shrinkage,
+                self.config.seed)
+        return self._sized[key]
+
+    def candidates(self, k: int, allowed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate tuples [T, k], whether each one's vote is right [N, T])."""
+        key = (k, tuple(allowed))
+        if key not in self._right:
+            acc = np.full(self.profile.accuracy.shape, -1.0)
+            acc[list(allowed)] = self.profile.accuracy[list(allowed)]
+            tuples = candidate_tuples(acc, k, min(self.size, len(allowed)))
+            self._right[key] = tuples, vote_correct(self.profile.val_answers, tuples)
+        return self._right[key]
 
     def table(self, k: int, allowed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(candidate tuples [T, k], shrunk vote success per skill [S + 1, T]; last row global)."""
         key = (k, tuple(allowed))
         if key not in self._tables:
-            acc = np.full(self.profile.accuracy.shape, -1.0)
-            acc[list(allowed)] = self.profile.accuracy[list(allowed)]
-            tuples = candidate_tuples(acc, k, min(self.size, len(allowed)))
-            right = vote_correct(self.profile.val_answers, tuples).astype(np.float32)  # [N, T]
-            overall = right.mean(axis=0)  # [T]
-            count = self.membership.sum(axis=0)[:, None]  # [S, 1]
-            per_skill = (self.membership.T @ right + self.shrinkage * overall) / (
-                count + self.shrinkage)
-            self._tables[key] = (tuples, np.vstack([per_skill, overall[None, :]]))
+            tuples, right = self.candidates(k, allowed)
+            self._tables[key] = tuples, EvidenceTable(
+                right, self.membership, self.shrinkage, np.zeros(len(tuples))).table
         return self._tables[key]
 
     def select(self, queries: Sequence[Query], k: int,

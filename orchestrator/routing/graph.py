@@ -13,6 +13,15 @@ import numpy as np
 from ..profiling.profile import Profile
 
 
+def skill_membership(skill_ids: Sequence[Sequence[int]], n_skills: int) -> np.ndarray:
+    """[n, S] indicator of each question's skills."""
+    m = np.zeros((len(skill_ids), n_skills), dtype=np.float32)
+    for i, ids in enumerate(skill_ids):
+        if ids:
+            m[i, list(ids)] = 1.0
+    return m
+
+
 class RoutingGraph:
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -38,11 +47,7 @@ class RoutingGraph:
 
     def membership(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """[n, S] indicator of each query's skills."""
-        m = np.zeros((len(skill_ids), len(self.skills)), dtype=np.float32)
-        for i, ids in enumerate(skill_ids):
-            if ids:
-                m[i, list(ids)] = 1.0
-        return m
+        return skill_membership(skill_ids, len(self.skills))
 
     def skill_estimates(self, skill_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """[n, E] mean shrunken estimate over each query's skills (global accuracy if none),

@@ -13,6 +13,10 @@ confidently good goes to it alone); load-aware assignment (draws only from the s
 `max_experts` experts that best covers the batch); `replace_rare`: experts drawn for less than
 `min_share` of the batch's draws are replaced by the query's most probable frequent expert, so
 that the batch loads fewer models (the paper's frequency threshold, 5%).
+
+With k by evidence (the default), k is a cap: each query's draws are cut to the size j whose
+vote of the first j draws did best on validation for its skills (`sizing`; the first j of k
+seeded draws are exactly j seeded draws).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..types import Query, Selection
 from .base import QueryFeatures, RouterBase, check_k
 from .graph import RoutingGraph
 from .policy import choose_subset, confident
+from .sizing import EvidenceTable, size_table
 
 
 class SymbolicMoERouter(RouterBase):
@@ -43,6 +48,26 @@ class SymbolicMoERouter(RouterBase):
         z = strength / (self.temperature * max(np.abs(strength).max(), 1e-9))
         g = np.exp(z - z.max())
         self.global_weight = g / g.sum()  # [E]
+        self._sizes: dict[int, EvidenceTable] = {}
+
+    def draw(self, qid: str, p: np.ndarray, k: int) -> list[int]:
+        """k experts drawn from p with replacement, seeded by the question's id."""
+        rng = random.Random(f"{self.config.seed}:{qid}")
+        return rng.choices(range(len(p)), weights=p.tolist(), k=k)
+
+    def size_table(self, cap: int) -> EvidenceTable:
+        """Its draws for every validation question, the votes of the first 1..cap scored."""
+        if cap not in self._sizes:
+            skills = self.profile.val_skills
+            p = self.probabilities(skills)
+            chosen = np.array([self.draw(qid, p[i], cap)
+                               for i, qid in enumerate(self.profile.val_ids)],
+                              dtype=np.int64).reshape(len(skills), cap)
+            success, _ = self.graph.skill_estimates(skills)
+            self._sizes[cap] = size_table(
+                self.profile, chosen, success, self.graph.membership(skills),
+                self.config.aggregation.weighting, self.config.routing.evidence_shrinkage, self.config.seed)
+        return self._sizes[cap]
 
     def probabilities(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """[n, E] recruiting distribution per query."""
@@ -66,18 +91,17 @@ class SymbolicMoERouter(RouterBase):
             p = p / p.sum(axis=1, keepdims=True)
         success, stderr = self.graph.skill_estimates(features.skill_ids)  # [n, E] each
         sizes = [k] * len(queries)
+        by_evidence = opts.k_by_evidence and k > 1
+        if by_evidence:
+            sizes = self.size_table(k).sizes(
+                self.graph.membership(features.skill_ids)).tolist()
+        sure = np.zeros(len(queries), dtype=bool)
         if opts.adaptive_k and k > 1:  # a sure leader answers alone
             lead = np.argmax(np.where(p > 0, success, -1.0), axis=1)
             sure = confident(success, stderr, lead, opts.z, opts.confidence)
-            sizes = [1 if s else k for s in sure]
         experts = self.graph.experts
-        draws = []
-        for i, q in enumerate(queries):
-            rng = random.Random(f"{self.config.seed}:{q.id}")
-            if sizes[i] == 1:
-                draws.append([int(lead[i])])
-            else:
-                draws.append(rng.choices(range(len(experts)), weights=p[i].tolist(), k=k))
+        draws = [[int(lead[i])] if sure[i] else self.draw(q.id, p[i], sizes[i])
+                 for i, q in enumerate(queries)]
         if self.replace_rare and len(queries) > 1:
             share = Counter(j for d in draws for j in d)
             total = sum(share.values())
@@ -91,7 +115,8 @@ class SymbolicMoERouter(RouterBase):
             ids = tuple(experts[j] for j in draws[i])
             out.append(Selection(
                 q.id, ids, tuple(round(float(p[i, j]), 4) for j in draws[i]),
-                {"profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)}},
+                {"profile": {e: self.graph.evidence(features.skill_ids[i], e) for e in set(ids)},
+                 "k_chosen_by": "evidence" if by_evidence else "fixed"},
                 router=self.name, skills=tuple(features.skills[i]),
                 success={experts[j]: round(float(success[i, j]), 4) for j in set(draws[i])}))
         return out
