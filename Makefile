@@ -39,7 +39,8 @@ $(VLLM_STAMP): $(VLLM_ENGINE) pyproject.toml
 	@touch $(VLLM_STAMP)
 
 # The main job on the embedded CPU pool: profile the 3 SmolLM2 experts on 24 bundled validation
-# questions (once; cached in runs/), then route the 36 demo questions to 2 experts each and fuse.
+# questions (once; cached in runs/), then route the 36 demo questions to up to 2 experts each
+# (as many as did best on validation) and combine their answers by the method validation chose.
 DEMO_PROFILE := runs/demo-profile.json
 
 # The profile is rebuilt when missing or when it predates the methods table (meta.methods:
