@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .aggregation.vote import majority
-from .benchmarks.extract import is_correct
+from .benchmarks.extract import equivalent_answers, is_correct
 from .benchmarks.intervals import paired_bootstrap, wilson_bounds
 from .generation import Generation, every_expert
 from .types import Answer, Query
@@ -62,7 +62,8 @@ def reference_points(queries: Sequence[Query], experts: Sequence[str], correct: 
     expert's answers ([n][E]) and correctness ([n, E]) on the same questions."""
     per_expert = correct.mean(axis=0)
     best = int(per_expert.argmax())
-    votes = [majority(row)[0] for row in answers]
+    votes = [majority(equivalent_answers(row, q.answer_type))[0]
+             for row, q in zip(answers, queries)]
     vote_acc = np.mean([bool(is_correct(v, q.gold, q.answer_type))
                         for v, q in zip(votes, queries)])
     n = len(queries)

@@ -139,3 +139,23 @@ def test_results_keep_the_fused_text(tmp_path):
     record = json.loads(line)
     assert record["aggregation"] == {"by": "agg", "text": "Weighing both, the answer is 42"}
     assert record["final_answer"] == "42" and record["aggregator"] == "fuse"
+
+
+def test_answers_that_say_the_same_vote_together_and_agree(tmp_path):
+    """"x = 1/2" and "\\frac{1}{2}" are one answer to the vote, to escalation and to early exit:
+    with three experts, 6 comes first but the two halves outvote it, and after the two halves
+    the third expert is never asked."""
+    half = Query("h", "Solve 2x = 1.", "0.5", answer_type="text")
+    pool = fake_pool(tmp_path, {"six": "The answer is 6", "a": "The answer is $x = 1/2$",
+                                "b": "\\boxed{\\frac{1}{2}}"}, "The answer is 9")
+    result, _ = run(pool, [half], router="fixed", experts=["six", "a", "b"], aggregator="vote",
+                    escalation={"mode": "none"})
+    (answer,) = result.answers
+    assert answer.final_answer == "$x = 1/2$" and answer.correct
+    assert answer.detail["votes"] == {"6": 1.0, "$x = 1/2$": 2.0}
+    result, fake = run(pool, [half], router="fixed", experts=["a", "b", "six"], aggregator="vote")
+    assert [o.expert for o in result.answers[0].outputs] == ["a", "b"]  # decided after two
+    assert "six" not in fake.load_counts
+    result, fake = run(pool, [half], router="fixed", experts=["a", "b"], aggregator="fuse",
+                       aggregator_expert="agg", aggregation={"early_exit": True})
+    assert result.answers[0].aggregator == "early-exit" and "agg" not in fake.load_counts

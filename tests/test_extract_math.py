@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from orchestrator.benchmarks.extract import extract_answer, is_correct
+from orchestrator.benchmarks.extract import equivalent_answers, extract_answer, is_correct
 from orchestrator.benchmarks.readers import infer_answer_type
 
 pytest.importorskip("math_verify")
@@ -158,7 +158,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_letters_and_plain_numbers_never_import_math_verify():
     done = _run("""
         import sys
-        from orchestrator.benchmarks.extract import extract_answer, is_correct
+        from orchestrator.benchmarks.extract import equivalent_answers, extract_answer, is_correct
         assert is_correct(extract_answer("The answer is (C).", "choice"), "C", "choice")
         assert not is_correct(extract_answer("Answer: B", "choice"), "C", "choice")
         assert is_correct(extract_answer("So she makes $1,234.00.", "numeric"), "1234", "numeric")
@@ -185,3 +185,11 @@ def test_without_math_verify_scoring_falls_back_to_strings_with_one_warning():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False", "True", "True"]
     assert done.stderr.count("math-verify is not importable") == 1
+
+
+def test_equivalent_answers_map_each_answer_to_the_first_that_says_the_same():
+    said = ["x=5", "6", "5", "\\frac{\\pi}{2}", "\\pi/2", None, "6.0", "1/2", "\\frac12"]
+    assert equivalent_answers(said, "text") == [
+        "x=5", "6", "x=5", "\\frac{\\pi}{2}", "\\frac{\\pi}{2}", None, "6", "1/2", "1/2"]
+    assert equivalent_answers(["b", "B", "C"], "choice") == ["b", "b", "C"]
+    assert equivalent_answers(["Paris", "paris.", "Rome"], "text") == ["Paris", "Paris", "Rome"]

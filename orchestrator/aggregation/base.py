@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from ..benchmarks.extract import equivalent_answers
 from ..config import PoolConfig, RunConfig
-from ..types import Aggregate, ExpertOutput, Selection, Work
+from ..types import Aggregate, AnswerType, ExpertOutput, Selection, Work
 from ..workers.stats import ExecutionStats
 
 EARLY_EXIT = "early-exit"
@@ -37,9 +38,11 @@ class Aggregator(Protocol):
                   stats: ExecutionStats | None = None) -> list[Aggregate]: ...
 
 
-def unanimous(outs: Sequence[ExpertOutput]) -> str | None:
-    """The shared answer when every expert answered and all agree (more than one expert)."""
-    answers = [o.answer if o.error is None else None for o in outs]
+def unanimous(outs: Sequence[ExpertOutput], answer_type: AnswerType = "text") -> str | None:
+    """The shared answer when every expert answered and all agree (more than one expert;
+    answers that say the same, "x=5" and "5", agree: `extract.equivalent_answers`)."""
+    answers = equivalent_answers([o.answer if o.error is None else None for o in outs],
+                                 answer_type)
     if len(answers) < 2 or any(a is None for a in answers) or len(set(answers)) != 1:
         return None
     return answers[0]
@@ -70,7 +73,8 @@ class AggregatorBase:
         result: list[Aggregate | None] = [None] * len(items)
         todo = []
         for i, outs in enumerate(outputs):
-            agreed = unanimous(outs) if self.config.aggregation.early_exit else None
+            kind = getattr(items[i], "answer_type", "text")
+            agreed = unanimous(outs, kind) if self.config.aggregation.early_exit else None
             if agreed is not None:
                 result[i] = spoken_by(outs, agreed, EARLY_EXIT, {"skipped": self.name})
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ..benchmarks.extract import equivalent_answers
 from ..errors import ConfigError
 from ..types import Aggregate, ExpertOutput, Query, Selection
 from ..workers.stats import ExecutionStats
@@ -78,7 +79,9 @@ class VoteAggregator(AggregatorBase):
             return left
         weights = self.expert_weights(item, selection.experts, selection)
         opts = self.config.escalation
-        return vote_next_calls([o.answer if o.error is None else None for o in outputs],
+        said = equivalent_answers([o.answer if o.error is None else None for o in outputs],
+                                  item.answer_type)
+        return vote_next_calls(said,
                                weights[:len(outputs)], weights[len(outputs):],
                                confident=mode == "confident", agreement=opts.agreement,
                                min_votes=opts.min_votes)
@@ -107,7 +110,8 @@ class VoteAggregator(AggregatorBase):
             if not isinstance(query, Query):
                 raise ConfigError("The vote aggregator compares extracted answers, which a "
                                   "conversation has none of; use fuse or first.")
-            answers = [o.answer if o.error is None else None for o in outs]
+            answers = equivalent_answers([o.answer if o.error is None else None for o in outs],
+                                         query.answer_type)
             weights = self.weights(query, outs, selection)
             winner, totals = majority(answers, weights)
             agree = len(totals) == 1 and all(a is not None for a in answers)

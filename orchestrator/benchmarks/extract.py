@@ -13,6 +13,7 @@ answers as normalised text.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 
 from ..types import AnswerType
@@ -228,3 +229,21 @@ def is_correct(answer: str | None, gold: str | None, answer_type: AnswerType) ->
     if answer_type == "numeric":
         return answer.strip() == gold.strip()
     return _norm_text(answer) == _norm_text(gold)
+
+
+def equivalent_answers(answers: Sequence[str | None], answer_type: AnswerType
+                       ) -> list[str | None]:
+    """Each answer replaced by the first earlier one that says the same (`is_correct` with the
+    earlier one as gold), so that a vote counts "x=5" and "5", or "\\frac12" and "0.5", as one
+    answer; letters compare as letters. No answer stays None."""
+    seen: list[str] = []
+    out: list[str | None] = []
+    for answer in answers:
+        if answer is None:
+            out.append(None)
+            continue
+        same = next((s for s in seen if s == answer or is_correct(answer, s, answer_type)), None)
+        if same is None:
+            seen.append(answer)
+        out.append(answer if same is None else same)
+    return out

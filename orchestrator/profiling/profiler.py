@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..benchmarks.extract import is_correct
+from ..benchmarks.extract import equivalent_answers, is_correct
 from ..errors import ConfigError
 from ..generation import Generation, every_expert
 from ..types import Query
@@ -49,14 +49,16 @@ def build_profile(generation: Generation, pool: str, queries: Sequence[Query], a
     col = {e: j for j, e in enumerate(experts)}
     for i, (q, outs) in enumerate(zip(queries, outputs)):
         seen: dict[str, int] = {}
-        for out in outs:
+        said = equivalent_answers([o.answer if o.error is None else None for o in outs],
+                                  q.answer_type)  # "x=5" and "5" share a code, as in a vote
+        for out, answer in zip(outs, said):
             if out.error is not None:
                 continue
             j = col[out.expert]
             answered[i, j] = True
             correct[i, j] = bool(is_correct(out.answer, q.gold, q.answer_type))
-            if out.answer is not None:
-                codes[i, j] = 1 if correct[i, j] else seen.setdefault(out.answer, len(seen) + 2)
+            if answer is not None:
+                codes[i, j] = 1 if correct[i, j] else seen.setdefault(answer, len(seen) + 2)
     outputs = [[o for o in outs if o.error is None] for outs in outputs]
     log.info("validation answers: %.1fs", time.perf_counter() - start)
 
