@@ -60,6 +60,9 @@ def route(
         if "neighbors" in sel.evidence:
             out.print(f"  nearest validation questions: {', '.join(sel.evidence['neighbors'])}",
                       markup=False)
+        if sel.evidence.get("k_chosen_by") == "evidence":
+            out.print(f"  k by evidence: {len(sel.experts)} of at most {orch.k} experts (the "
+                      "size whose vote did best on validation for these skills)", markup=False)
     err.print(f"routed {len(queries)} questions in {seconds:.3f}s "
               f"({len(queries) / max(seconds, 1e-9):,.0f} questions/s, annotation included)",
               markup=False)
