@@ -16,7 +16,8 @@ Cost table (issue 16): per pool, accuracy with its 95% Wilson interval and mean 
 question of the best single expert, the ensemble router at fixed k = 1..5 (--fixed-k, escalation
 none), k chosen by evidence (cap 5, the default), lossless escalation at k=3 and at the best
 fixed k (asserted equal to the fixed-k vote question by question), confident escalation
-(agreement 1.0, at least 2 votes) at k=5, and the default pipeline (k by evidence, lossless);
+(agreement 1.0, at least 2 votes) at k=5, and the default pipeline (k by evidence, lossless),
+also with a call cost (each further expert must win back 0.5 or 1 point on validation);
 evidence-chosen k against the best fixed k with a paired bootstrap interval. Then the other
 profile routers at fixed k=3 and with k by evidence (cap 5). Targets: lossless <= 2.6 calls on
 the 13-model pool and <= 2.2 on the 28-model pool, evidence k at least as accurate as the best
@@ -168,6 +169,10 @@ def cost_rows(pool: Path, profile: Path, queries, shrinkage: float | None = None
                                  routing={"k_by_evidence": True, **routing}) as orch:
         rows.append(cost_point("k by evidence + lossless escalation (the default)",
                                orch.evaluate(queries).answers))
+    for cost in (0.005, 0.01):  # each further expert must win back this share of questions
+        with Orchestrator.from_files(pool, router="ensemble", k=5, profile=str(profile),
+                                     threads=2, routing={"call_cost": cost, **routing}) as orch:
+            rows.append(cost_point(f"  the same, --call-cost {cost}", orch.evaluate(queries).answers))
     for router in ("topk", "knn", "symbolic-moe"):
         for label, k, by_evidence in (("fixed k=3", 3, False), ("k by evidence (cap 5)", 5, True)):
             with Orchestrator.from_files(pool, router=router, k=k, profile=str(profile),
@@ -234,6 +239,13 @@ def cost_verdicts(name: str, rows: list[dict]) -> None:
           f"{100 * diff.estimate:+.2f} points, 95% interval [{100 * diff.low:+.2f}, "
           f"{100 * diff.high:+.2f}] ({diff.method}) -> "
           f"{'met' if diff.estimate >= 0 else 'NOT met'}")
+    best_marks = next(r for r in rows if r["system"] == f"fixed k={best_k}")["marks"]
+    for row in rows:
+        if "--call-cost" in row["system"]:
+            d = paired_bootstrap(row["marks"], best_marks)
+            print(f"  {row['system'].strip()} (k by evidence, lossless): {row['calls']:.2f} "
+                  f"calls/question, {100 * d.estimate:+.2f} points [{100 * d.low:+.2f}, "
+                  f"{100 * d.high:+.2f}] against fixed k={best_k}")
 
 
 def main() -> None:

@@ -158,6 +158,9 @@ class RoutingOptions(StrictModel):
     evidence_shrinkage: float | None = Field(
         default=None, ge=0, description="k by evidence: prior weight of the pool-wide choice "
         "when choosing per skill (none: picked by cross-validation on the validation set)")
+    call_cost: float = Field(default=0.0, ge=0, le=1, description="k by evidence: the share of "
+                             "validation questions (0.005: half a point) each further expert "
+                             "must win to be chosen")
 
 
 # The router `auto` picks when a profile is given: the best one measured on the replay pools

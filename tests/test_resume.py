@@ -162,3 +162,16 @@ def test_ctrl_c_while_the_first_model_loads_keeps_nothing(tmp_path, fake_pool, s
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted; nothing was written."
     assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_made_before_an_option_existed_resumes_with_its_default(tmp_path, world):
+    bench, pool, reference = world
+    record = json.loads((reference / "run.json").read_text())
+    del record["options"]["call_cost"]  # as written by a version without --call-cost
+    (reference / "run.json").write_text(json.dumps(record))
+    resumed = subprocess.run([sys.executable, "-c",
+                              "from orchestrator.cli.main import main; main()", "run",
+                              "--resume", str(reference)], env=env(), capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(reference)["store"]["generated"] == 0

@@ -179,3 +179,16 @@ def test_a_run_reports_the_sizes_evidence_chose(tmp_path):
                                    "distribution": {"1": 8},
                                    "per_skill": {"history": 1.0, "math": 1.0}}
     assert "k<=3 by evidence (mean 1.00; 1: 8)" in summary_lines(summary, "run")[0]
+
+
+@pytest.mark.parametrize("call_cost, crowd_size", [(0.1, 3), (0.2, 1)])
+def test_a_call_cost_keeps_experts_that_do_not_win_back_their_price(pool, call_cost, crowd_size):
+    """On 'crowd' the vote of 3 is right on every question and one expert on 2 of 3: two more
+    experts win back 1/3 of the questions, worth it at 0.1 each, not at 0.2."""
+    from orchestrator.config import RunConfig
+    from orchestrator.routing.topk import TopKRouter
+
+    config = RunConfig(router="topk", k=3, aggregation=PLAIN,
+                       routing={**LITTLE_PRIOR, "call_cost": call_cost})
+    solo, crowd = TopKRouter(pool, config, solo_and_crowd_profile()).select(QUERIES, 3, FEATURES)
+    assert len(solo.experts) == 1 and len(crowd.experts) == crowd_size

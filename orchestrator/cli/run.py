@@ -39,6 +39,7 @@ def run(
     max_experts: Annotated[Optional[int], typer.Option(help="Load-aware: at most this many distinct experts for the whole batch.")] = None,
     neighbors: Annotated[Optional[int], typer.Option(help="knn router: validation neighbours per query.")] = None,
     k_by_evidence: Annotated[Optional[bool], typer.Option("--k-by-evidence/--fixed-k", help=K_BY_EVIDENCE_HELP)] = None,
+    call_cost: Annotated[Optional[float], typer.Option(help="k by evidence: the share of validation questions (0.005: half a point of accuracy) each further expert must win to be chosen [default: 0, the most accurate size].")] = None,
     baselines: Annotated[Optional[bool], typer.Option(help="Also score every expert on every question (default: on for replay/fake pools).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, symbolic-moe, gsm8k or jsonl.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Answer with the fake backend; load no model.")] = False,
@@ -54,9 +55,14 @@ def run(
     given = dict(locals())  # every option as typed (a comprehension has its own locals)
     options = {name: value for name, value in given.items() if name != "resume"}
     if resume is not None:
+        import inspect
+
         from .runstate import read_options
 
-        options = {**read_options(resume), "out_dir": resume}
+        # options added since the folder was made take their defaults
+        defaults = {name: p.default for name, p in inspect.signature(run).parameters.items()}
+        options = {**{name: defaults[name] for name in RUN_OPTIONS if name in defaults},
+                   **read_options(resume), "out_dir": resume}
         unknown = set(options) - set(RUN_OPTIONS)
         if unknown:
             raise UserError(f"'{resume}/run.json' holds options this version does not know "
@@ -71,7 +77,8 @@ def run(
 def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit, k, router,
                 experts, aggregator, aggregator_expert, early_exit, escalation, no_escalation,
                 agreement, executor, batch_size, max_tokens, seed, threads, profile, annotator,
-                adaptive_k, max_experts, neighbors, k_by_evidence, baselines, fmt, dry_run, progress, store,
+                adaptive_k, max_experts, neighbors, k_by_evidence, call_cost, baselines, fmt, dry_run,
+                progress, store,
                 no_store) -> None:
     from ..benchmarks.readers import read_benchmark
     from ..core import Orchestrator
@@ -103,7 +110,7 @@ def execute_run(*, bench: Path, pool: Path, out_dir: Path | None, config, limit,
                      threads=threads, annotator=annotator,
                      profile=str(profile) if profile else None,
                      routing=dict(adaptive_k=adaptive_k, max_experts=max_experts, neighbors=neighbors,
-                                  k_by_evidence=k_by_evidence),
+                                  k_by_evidence=k_by_evidence, call_cost=call_cost),
                      aggregator_expert=aggregator_expert, aggregation=dict(early_exit=early_exit),
                      escalation=dict(mode="none" if no_escalation else escalation,
                                      agreement=agreement))

@@ -97,9 +97,7 @@ class EnsembleRouter(RouterBase):
             tuples = [row for size_tuples, _ in parts for row in size_tuples]
             sizes = np.concatenate([np.full(t.shape[0], t.shape[1]) for t, _ in parts])
             right = np.hstack([r for _, r in parts])
-            self._sized[key] = tuples, evidence_table(
-                right, self.membership, sizes, self.config.routing.evidence_shrinkage,
-                self.config.seed)
+            self._sized[key] = tuples, evidence_table(right, self.membership, sizes, self.config)
         return self._sized[key]
 
     def candidates(self, k: int, allowed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -65,8 +65,7 @@ class KnnRouter(RouterBase):
                 est, _ = self.estimates(self.val_emb, leave_out=True)
             membership = skill_membership(self.profile.val_skills, len(self.profile.skills))
             self._sizes[cap] = size_table(
-                self.profile, top_k(est, cap), est, membership,
-                self.config.aggregation.weighting, self.config.routing.evidence_shrinkage, self.config.seed)
+                self.profile, top_k(est, cap), est, membership, self.config)
         return self._sizes[cap]
 
     def select(self, queries: Sequence[Query], k: int,

@@ -12,7 +12,8 @@ of right votes is shrunk toward its share over all validation questions:
   est[s, t] = (right[s, t] + m * overall[t]) / (count[s] + m),   m = routing.evidence_shrinkage
 
 and a query takes the candidate with the best mean estimate over its skills (the pool-wide best
-when it has none), ties to the one with fewer experts. The prior weight m is, by default,
+when it has none), less `routing.call_cost` per expert (0 by default: ties go to fewer
+experts; 0.005 asks each expert to win back half a point of accuracy). The prior weight m is, by default,
 chosen by 5-fold cross-validation on the validation questions (`cv_shrinkage`): the largest
 of 25, 100, 400, 1600 and inf (the pool-wide choice for every skill) whose held-out accuracy
 is within one standard error of the best, so that per-skill choices are made only where they
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..aggregation.vote import vote_weights
 
-TIE = 1e-6  # a size's estimate is lowered by this much per expert: ties go to the smaller
+TIE = 1e-6  # an estimate is lowered by this much per expert: ties go to fewer experts
 
 
 def prefix_votes_right(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -68,15 +69,16 @@ class EvidenceTable:
     ordered ensemble); `choose` picks per query, ties to the cheaper candidate."""
 
     def __init__(self, right: np.ndarray, membership: np.ndarray, shrinkage: float,
-                 cost: np.ndarray):
+                 sizes: np.ndarray, call_cost: float = 0.0):
         """right [N, T]: whether candidate t's vote is right on validation question n;
-        membership [N, S]: the questions' skills; cost [T]: its experts (ties go to fewer);
-        shrinkage: the prior weight m of the pool-wide success (inf: the pool-wide alone)."""
+        membership [N, S]: the questions' skills; sizes [T]: its experts; shrinkage: the prior
+        weight m of the pool-wide success (inf: the pool-wide alone); call_cost: the share of
+        questions each expert must win back to be worth calling (ties go to fewer anyway)."""
         right = right.astype(np.float32)
-        self.shrinkage = shrinkage
+        self.shrinkage, self.call_cost = shrinkage, call_cost
         self.overall = right.mean(axis=0) if len(right) else np.zeros(right.shape[1], np.float32)
         self.table = _shrunk(membership.T @ right, membership.sum(axis=0)[:, None],
-                             self.overall, shrinkage) - TIE * np.asarray(cost)[None, :]
+                             self.overall, shrinkage) - _penalty(sizes, call_cost)
 
     def estimates(self, membership: np.ndarray) -> np.ndarray:
         """[n, S] query skills -> [n, T] estimated vote success of each candidate."""
@@ -89,6 +91,10 @@ class EvidenceTable:
     def sizes(self, membership: np.ndarray) -> np.ndarray:
         """A size table's (`size_table`) choice as sizes: [n, S] -> [n] in 1..cap."""
         return self.choose(membership) + 1
+
+
+def _penalty(sizes: np.ndarray, call_cost: float) -> np.ndarray:
+    return (TIE + call_cost) * np.asarray(sizes, dtype=np.float64)[None, :]
 
 
 def _shrunk(sums: np.ndarray, count: np.ndarray, overall: np.ndarray, m: float) -> np.ndarray:
@@ -106,17 +112,21 @@ def _estimates(table: np.ndarray, membership: np.ndarray) -> np.ndarray:
                     table[-1][None, :])
 
 
-def evidence_table(right: np.ndarray, membership: np.ndarray, cost: np.ndarray,
-                   shrinkage: float | None, seed: int = 0) -> EvidenceTable:
-    """An EvidenceTable with the given prior weight, or (None) the one cross-validation
-    picks (`cv_shrinkage`)."""
+def evidence_table(right: np.ndarray, membership: np.ndarray, sizes: np.ndarray, config
+                   ) -> EvidenceTable:
+    """An EvidenceTable with the run config's prior weight (`routing.evidence_shrinkage`), or
+    when that is None the one cross-validation picks (`cv_shrinkage`), and its call cost."""
+    opts = config.routing
+    shrinkage = opts.evidence_shrinkage
     if shrinkage is None:
-        shrinkage = cv_shrinkage(right, membership, cost, seed=seed)
-    return EvidenceTable(right, membership, shrinkage, cost)
+        shrinkage = cv_shrinkage(right, membership, sizes, seed=config.seed,
+                                 call_cost=opts.call_cost)
+    return EvidenceTable(right, membership, shrinkage, sizes, opts.call_cost)
 
 
-def cv_shrinkage(right: np.ndarray, membership: np.ndarray, cost: np.ndarray,
-                 grid: Sequence[float] = SHRINKAGE_GRID, seed: int = 0) -> float:
+def cv_shrinkage(right: np.ndarray, membership: np.ndarray, sizes: np.ndarray,
+                 grid: Sequence[float] = SHRINKAGE_GRID, seed: int = 0,
+                 call_cost: float = 0.0) -> float:
     """The prior weight whose per-skill choices did best on held-out validation questions
     (5 folds), or rather the largest within one standard error of the best: a per-skill
     choice must earn its keep, else every skill takes the pool-wide choice (inf)."""
@@ -126,7 +136,7 @@ def cv_shrinkage(right: np.ndarray, membership: np.ndarray, cost: np.ndarray,
     right = right.astype(np.float32)
     fold = np.random.default_rng(seed).permutation(n) % FOLDS
     sums, count = membership.T @ right, membership.sum(axis=0)[:, None]
-    penalty = TIE * np.asarray(cost)[None, :]
+    penalty = _penalty(sizes, call_cost)
     hits = np.zeros(len(grid))
     for f in range(FOLDS):
         held = fold == f
@@ -157,19 +167,20 @@ def answer_codes(profile) -> np.ndarray:
 
 
 def size_table(profile, chosen: np.ndarray, success: np.ndarray, membership: np.ndarray,
-               weighting: str, shrinkage: float | None, seed: int = 0) -> EvidenceTable:
+               config) -> EvidenceTable:
     """The size table of a router from its choices on the validation questions.
 
     chosen [N, cap]: the experts (columns of the profile) it picks for each validation question,
-    in order; success [N, E]: its success estimates there (the vote's weights); weighting: the
-    vote aggregator's `aggregation.weighting` (auto is log-odds for these routers). Candidate
-    j is the first j + 1 experts: `choose(...) + 1` is each query's size."""
+    in order; success [N, E]: its success estimates there (the vote's weights, as the run
+    config's `aggregation.weighting` makes them: auto is log-odds for these routers). Candidate
+    j is the first j + 1 experts: `sizes(...)` is each query's size."""
     rows = np.arange(chosen.shape[0])[:, None]
     codes = answer_codes(profile)[rows, chosen]
+    weighting = config.aggregation.weighting
     mode = "log-odds" if weighting == "auto" else weighting
     weights = vote_weights(success[rows, chosen], option_counts(profile)[:, None], mode)
     right = prefix_votes_right(codes, weights)
-    return evidence_table(right, membership, np.arange(1, chosen.shape[1] + 1), shrinkage, seed)
+    return evidence_table(right, membership, np.arange(1, chosen.shape[1] + 1), config)
 
 
 def option_counts(profile) -> np.ndarray:

@@ -65,8 +65,7 @@ class SymbolicMoERouter(RouterBase):
                               dtype=np.int64).reshape(len(skills), cap)
             success, _ = self.graph.skill_estimates(skills)
             self._sizes[cap] = size_table(
-                self.profile, chosen, success, self.graph.membership(skills),
-                self.config.aggregation.weighting, self.config.routing.evidence_shrinkage, self.config.seed)
+                self.profile, chosen, success, self.graph.membership(skills), self.config)
         return self._sizes[cap]
 
     def probabilities(self, skill_ids: Sequence[Sequence[int]]) -> np.ndarray:

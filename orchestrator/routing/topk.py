@@ -27,10 +27,8 @@ class TopKRouter(RouterBase):
         if cap not in self._sizes:
             skills = self.profile.val_skills
             est, _ = self.graph.skill_estimates(skills)  # [N, E]
-            opts = self.config
             self._sizes[cap] = size_table(
-                self.profile, top_k(est, cap), est, self.graph.membership(skills),
-                opts.aggregation.weighting, opts.routing.evidence_shrinkage, opts.seed)
+                self.profile, top_k(est, cap), est, self.graph.membership(skills), self.config)
         return self._sizes[cap]
 
     def select(self, queries: Sequence[Query], k: int,
