@@ -125,24 +125,13 @@ def train_adapter(
     losses = _train_loop(model, tokenizer, tokenized, settings, on_step)
     train_seconds = time.perf_counter() - t0
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.peft_config["default"].base_model_name_or_path = base
-        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-        result = TrainResult(out, losses, train_seconds, 0.0, len(tokenized), n_excluded, n_too_long)
-        record = _record(base, data, settings, system_prompt, result, command)
-        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        save_loss_plot(losses, tmp / "loss.png", title=f"{out.name}: LoRA r={settings.rank} on "
-                       f"{', '.join(Path(d).name for d in data)}")
-        (tmp / "README.md").write_text(readme(out.name, record), encoding="utf-8")
-        _replace(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"Writing the adapter to '{out}' failed: {err}. Check that the folder is writable."
-        ) from err
+    result = TrainResult(out, losses, train_seconds, 0.0, len(tokenized), n_excluded, n_too_long)
+    record = _record(base, data, settings, system_prompt, result, command)
+    model.peft_config["default"].base_model_name_or_path = base
+    write_trained(out, "adapter", lambda tmp: model.save_pretrained(
+                      str(tmp), safe_serialization=True, save_embedding_layers=False),
+                  record, losses, f"{out.name}: LoRA r={settings.rank} on "
+                  f"{', '.join(Path(d).name for d in data)}", readme(out.name, record))
     result.total_seconds = time.perf_counter() - start
     result.files = sorted(p.name for p in out.iterdir())
     log.info("trained %s in %.0fs (%d steps); final loss %.3f", out, train_seconds,
@@ -286,6 +275,39 @@ def answer_loss(model, batch):
     return torch.nn.functional.cross_entropy(logits.float(), labels[at])
 
 
+def write_trained(out: Path, what: str, save: Callable[[Path], None], record: dict,
+                  losses: Sequence[float], plot_title: str, readme_text: str) -> None:
+    """A trained adapter's folder, written atomically: `save(tmp)` writes the weights into a
+    temporary folder beside `out`, then training.json (`record`), loss.png and README.md; the
+    folder is renamed into place only when complete. An OSError on the way removes the
+    temporary folder and becomes a UserError naming `what` ("S'MoRE adapter")."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        save(tmp)
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        save_loss_plot(list(losses), tmp / "loss.png", title=plot_title)
+        (tmp / "README.md").write_text(readme_text, encoding="utf-8")
+        _replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"Writing the {what} to '{out}' failed: {err}. Check that the folder "
+                        "is writable.") from err
+
+
+def loss_ends(losses: Sequence[float]) -> dict[str, float]:
+    """training.json's `loss_first` and `loss_last`: the mean loss of the first and of the
+    last k steps (a quarter of them, 1 to 10)."""
+    k = max(1, min(10, len(losses) // 4))
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {"loss_first": round(mean(losses[:k]), 4), "loss_last": round(mean(losses[-k:]), 4)}
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Rename the finished folder into place; an old adapter at `out` goes only afterwards."""
     old = None
@@ -302,17 +324,13 @@ def _record(base, data, settings: TrainSettings, system_prompt, result: TrainRes
     import torch
     import transformers
 
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-
-    k = max(1, min(10, len(result.losses) // 4))
     return {
         "base": base, "data": [str(d) for d in data], "system_prompt": system_prompt,
         "settings": {**asdict(settings), "target_modules": list(settings.target_modules)},
         "examples": result.n_examples, "excluded": result.n_excluded,
         "dropped_too_long": result.n_too_long,
         "train_seconds": round(result.train_seconds, 1),
-        "loss_first": round(mean(result.losses[:k]), 4), "loss_last": round(mean(result.losses[-k:]), 4),
+        **loss_ends(result.losses),
         "losses": [round(x, 4) for x in result.losses],
         "command": command,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

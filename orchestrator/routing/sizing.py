@@ -187,7 +187,7 @@ def option_counts(profile) -> np.ndarray:
     """[N] the number of options of each validation question (10 where unknown or none, as
     the vote aggregator counts a question without options)."""
     n = len(profile.val_ids)
-    given = getattr(profile, "val_options", None)
+    given = profile.val_options
     counts = np.full(n, 10, dtype=np.int64) if given is None else np.asarray(given, np.int64)
     return np.where(counts > 0, counts, 10)
 

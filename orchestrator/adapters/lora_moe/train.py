@@ -9,9 +9,6 @@ OUT), training.json (settings, losses, expert usage per layer), loss.png and REA
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,11 +20,11 @@ from ..steps import StepCallback, routed_steps
 from ..train import (
     TrainSettings,
     _load_base,
-    _replace,
     _tokenize_all,
     check_out,
+    loss_ends,
     readme_footer,
-    save_loss_plot,
+    write_trained,
 )
 from .config import LoraMoeConfig
 
@@ -116,24 +113,11 @@ def train_gate(
                  on_usage=on_usage)
     result.train_seconds = time.perf_counter() - start
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        mixture.with_experts_relative_to(out, None)
-        mixture.save(tmp)
-        record = _record(mixture.config, data, settings, result, command)
-        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        save_loss_plot(result.losses, tmp / "loss.png",
-                       title=f"{out.name}: gate over {len(expert_paths)} LoRA experts, "
-                             f"top-{config.top_k}")
-        (tmp / "README.md").write_text(readme(out.name, record), encoding="utf-8")
-        _replace(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"Writing the LoRA-MoE gate to '{out}' failed: {err}. Check that the "
-                        "folder is writable.") from err
+    mixture.with_experts_relative_to(out, None)
+    record = _record(mixture.config, data, settings, result, command)
+    write_trained(out, "LoRA-MoE gate", mixture.save, record, result.losses,
+                  f"{out.name}: gate over {len(expert_paths)} LoRA experts, top-{config.top_k}",
+                  readme(out.name, record))
     return result
 
 
@@ -142,17 +126,11 @@ def _rounded(usage: dict[str, list[float]]) -> dict[str, list[float]]:
 
 
 def _record(config: LoraMoeConfig, data, settings: GateSettings, result: GateResult, command):
-    k = max(1, min(10, len(result.losses) // 4))
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-
     return {
         "config": config.model_dump(), "data": [str(d) for d in data],
         "settings": asdict(settings), "examples": result.n_examples,
         "dropped_too_long": result.n_too_long, "train_seconds": round(result.train_seconds, 1),
-        "loss_first": round(mean(result.losses[:k]), 4),
-        "loss_last": round(mean(result.losses[-k:]), 4),
+        **loss_ends(result.losses),
         "losses": [round(x, 4) for x in result.losses],
         "balance_losses": [round(x, 4) for x in result.aux_losses],
         "usage_log": result.usage_log, "command": command,

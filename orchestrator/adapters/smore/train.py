@@ -9,25 +9,21 @@ loss.png and README.md.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...errors import UserError
 from ..data import load_examples
 from ..lora_moe.train import GateSettings
 from ..steps import StepCallback, routed_steps
 from ..train import (
     _load_base,
-    _replace,
     _tokenize_all,
     check_out,
+    loss_ends,
     readme_footer,
-    save_loss_plot,
+    write_trained,
 )
 from .config import SmoreConfig
 
@@ -90,22 +86,10 @@ def train_smore(
                  summarize=level_means, on_step=on_step, on_usage=on_usage)
     result.train_seconds = time.perf_counter() - start
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        smore.save(tmp)
-        record = _record(config, data, settings, result, command)
-        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        save_loss_plot(result.losses, tmp / "loss.png", title=f"{out.name}: S'MoRE "
-                       f"s={config.experts} f={config.fan_out} r={config.rank}, {config.gate}")
-        (tmp / "README.md").write_text(readme(out.name, record), encoding="utf-8")
-        _replace(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"Writing the S'MoRE adapter to '{out}' failed: {err}. Check that the "
-                        "folder is writable.") from err
+    record = _record(config, data, settings, result, command)
+    write_trained(out, "S'MoRE adapter", smore.save, record, result.losses,
+                  f"{out.name}: S'MoRE s={config.experts} f={config.fan_out} r={config.rank}, "
+                  f"{config.gate}", readme(out.name, record))
     return result
 
 
@@ -119,19 +103,13 @@ def level_means(usage: dict[str, list[list[float]]]) -> list[list[float]]:
 
 
 def _record(config: SmoreConfig, data, settings, result: SmoreResult, command) -> dict:
-    k = max(1, min(10, len(result.losses) // 4))
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-
     return {
         "config": config.model_dump(), "system_prompt": config.system_prompt,
         "data": [str(d) for d in data], "settings": asdict(settings),
         "examples": result.n_examples, "dropped_too_long": result.n_too_long,
         "trainable_parameters": result.n_params,
         "train_seconds": round(result.train_seconds, 1),
-        "loss_first": round(mean(result.losses[:k]), 4),
-        "loss_last": round(mean(result.losses[-k:]), 4),
+        **loss_ends(result.losses),
         "losses": [round(x, 4) for x in result.losses],
         "balance_losses": [round(x, 5) for x in result.aux_losses],
         "usage_log": result.usage_log, "command": command,
